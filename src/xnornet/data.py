@@ -1,0 +1,283 @@
+"""CIFAR-10 on disk -> uint8 arrays in memory. numpy only (no torch), so inference can use it.
+
+Two layouts are read:
+- ``python``: the official cifar-10-batches-py (data_batch_1..5, test_batch), parsed with a
+  restricted unpickler that only admits what those files hold;
+- ``folder``: ``{train,test}/<class>/*.png|jpg``, class index = position in the sorted class names
+  (how ../shared/data/cifar10-jpeg is stored).
+
+Where the data is: ``data_dir`` argument, else ``$XNORNET_DATA``, else the user cache dir. If none
+of those holds CIFAR-10, the official archive is downloaded there, md5-checked and extracted.
+Arrays: images (N, 32, 32, 3) uint8 NHWC, labels (N,) int64.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import pickle
+import shutil
+import tarfile
+import tempfile
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .errors import DataError
+
+CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
+CIFAR10_MD5 = "c58f30108f718f92721af3b95e74349a"
+CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer",
+                   "dog", "frog", "horse", "ship", "truck")
+# Per-channel statistics of the CIFAR-10 training set, pixels scaled to [0, 1].
+CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
+CIFAR10_STD = (0.2470, 0.2435, 0.2616)
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+PY_DIR = "cifar-10-batches-py"
+
+
+@dataclass
+class Split:
+    images: np.ndarray  # (N, 32, 32, 3) uint8
+    labels: np.ndarray  # (N,) int64
+
+    def __len__(self):
+        return len(self.labels)
+
+    def head(self, n: int | None) -> "Split":
+        return self if n is None else Split(self.images[:n], self.labels[:n])
+
+
+@dataclass
+class Dataset:
+    train: Split
+    test: Split
+    classes: tuple[str, ...]
+    source: str  # where it was read from and in which layout, for logs and result files
+
+
+# ---------------------------------------------------------------- locating the data
+
+def cache_dir() -> Path:
+    """Where downloads and decoded arrays go: $XNORNET_CACHE, else the platform user cache dir."""
+    env = os.environ.get("XNORNET_CACHE")
+    if env:
+        return Path(env)
+    import platformdirs
+    return Path(platformdirs.user_cache_dir("xnornet"))
+
+
+def resolve_data_dir(data_dir: str | os.PathLike | None = None) -> Path:
+    if data_dir is not None:
+        return Path(data_dir)
+    env = os.environ.get("XNORNET_DATA")
+    return Path(env) if env else cache_dir() / "data"
+
+
+def detect_layout(root: Path) -> tuple[str, Path] | None:
+    """('python', dir with data_batch_1) or ('folder', dir with train/ and test/), else None."""
+    for cand in (root / PY_DIR, root):
+        if (cand / "data_batch_1").is_file() and (cand / "test_batch").is_file():
+            return "python", cand
+    if (root / "train").is_dir() and (root / "test").is_dir():
+        return "folder", root
+    return None
+
+
+def load_cifar10(data_dir=None, *, download: bool = True, progress: bool = True) -> Dataset:
+    """Load CIFAR-10 from wherever it is (see module doc); download it if allowed and absent."""
+    root = resolve_data_dir(data_dir)
+    found = detect_layout(root)
+    if found is None:
+        if not download:
+            raise DataError(f"no CIFAR-10 found in {root}. {_HOW_TO_PROVIDE}")
+        download_cifar10(root, progress=progress)
+        found = detect_layout(root)
+        assert found is not None, "download_cifar10 extracts cifar-10-batches-py"
+    layout, where = found
+    if layout == "python":
+        train, test = load_python_batches(where)
+        classes = CIFAR10_CLASSES
+    else:
+        train, test, classes = load_image_folder(where, progress=progress)
+    return Dataset(train, test, classes, f"{where} ({layout})")
+
+
+_HOW_TO_PROVIDE = (
+    "Pass --data-dir (or set XNORNET_DATA) to a folder holding either cifar-10-batches-py/ "
+    f"(extracted from {CIFAR10_URL}, md5 {CIFAR10_MD5}) or train/<class>/*.png|jpg and "
+    "test/<class>/*.png|jpg.")
+
+
+# ---------------------------------------------------------------- python (pickle) layout
+
+class _RestrictedUnpickler(pickle.Unpickler):
+    """Admits only the globals a CIFAR-10 batch needs to rebuild a numpy array.
+
+    A pickle can call any importable function while loading; a file from the internet must never
+    be given that power, so every other global is refused before it is looked up.
+    """
+
+    _ALLOWED = {
+        ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy", "ndarray"), ("numpy", "dtype"),
+    }
+
+    def find_class(self, module, name):
+        if (module, name) not in self._ALLOWED:
+            raise pickle.UnpicklingError(f"refusing to load global {module}.{name} from a data file")
+        if name == "_reconstruct":
+            return np.ndarray.__reduce__(np.zeros(0))[0]  # numpy's own _reconstruct, any version
+        return getattr(np, name)
+
+
+def restricted_load(data: bytes):
+    return _RestrictedUnpickler(io.BytesIO(data), encoding="bytes").load()
+
+
+def _read_batch(path: Path) -> Split:
+    try:
+        d = restricted_load(path.read_bytes())
+        raw = np.asarray(d[b"data"], dtype=np.uint8)
+        labels = np.asarray(d[b"labels"], dtype=np.int64)
+    except (pickle.UnpicklingError, KeyError, TypeError, ValueError, EOFError) as e:
+        raise DataError(f"{path} is not a CIFAR-10 batch file: {e}") from e
+    if raw.ndim != 2 or raw.shape[1] != 3072 or len(raw) != len(labels):
+        raise DataError(f"{path}: expected data (N, 3072) and N labels, got {raw.shape}, {labels.shape}")
+    if labels.size and (labels.min() < 0 or labels.max() >= 10):
+        raise DataError(f"{path}: labels outside 0..9")
+    # Rows are 1024 red, 1024 green, 1024 blue values (CHW); we keep NHWC.
+    return Split(raw.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1).copy(), labels)
+
+
+def load_python_batches(folder: Path) -> tuple[Split, Split]:
+    parts = [_read_batch(folder / f"data_batch_{i}") for i in range(1, 6)
+             if (folder / f"data_batch_{i}").is_file()]
+    train = Split(np.concatenate([p.images for p in parts]), np.concatenate([p.labels for p in parts]))
+    return train, _read_batch(folder / "test_batch")
+
+
+# ---------------------------------------------------------------- image-folder layout
+
+def _list_folder(split_dir: Path, classes: list[str]) -> list[tuple[Path, int]]:
+    """Files in class-interleaved order (k-th image of each class in turn), so that the first N
+    images of a class-sorted folder are still balanced across classes (--subset relies on it)."""
+    per_class = []
+    for label, name in enumerate(classes):
+        files = sorted(p for p in (split_dir / name).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        per_class.append([(p, label) for p in files])
+    out = []
+    for k in range(max((len(f) for f in per_class), default=0)):
+        out.extend(f[k] for f in per_class if k < len(f))
+    return out
+
+
+def _decode(files: list[tuple[Path, int]], desc: str, progress: bool) -> Split:
+    from PIL import Image
+    from tqdm import tqdm
+
+    images = np.empty((len(files), 32, 32, 3), np.uint8)
+    for i, (path, _) in enumerate(tqdm(files, desc=desc, unit="img", disable=not progress,
+                                       mininterval=1.0)):
+        try:
+            with Image.open(path) as im:
+                arr = np.asarray(im.convert("RGB"))
+        except OSError as e:
+            raise DataError(f"cannot decode image {path}: {e}") from e
+        if arr.shape != (32, 32, 3):
+            raise DataError(f"{path}: expected a 32x32 image, got {arr.shape[1]}x{arr.shape[0]}")
+        images[i] = arr
+    return Split(images, np.array([label for _, label in files], np.int64))
+
+
+def load_image_folder(root: Path, progress: bool = True) -> tuple[Split, Split, tuple[str, ...]]:
+    classes = sorted(p.name for p in (root / "train").iterdir() if p.is_dir())
+    if not classes:
+        raise DataError(f"{root / 'train'} holds no class folders")
+    listing = {s: _list_folder(root / s, classes) for s in ("train", "test")}
+    # Cache key: the folder and every file name and size, so any change re-decodes.
+    h = hashlib.sha256(str(root.resolve()).encode())
+    for s in ("train", "test"):
+        for p, label in listing[s]:
+            h.update(f"{s}/{label}/{p.name}/{p.stat().st_size}".encode())
+    cached = cache_dir() / "decoded" / h.hexdigest()[:24]
+    splits = {}
+    for s in ("train", "test"):
+        x_path, y_path = cached / f"{s}_images.npy", cached / f"{s}_labels.npy"
+        if x_path.is_file() and y_path.is_file():
+            splits[s] = Split(np.load(x_path), np.load(y_path))
+            continue
+        splits[s] = _decode(listing[s], f"decoding {s}", progress)
+        cached.mkdir(parents=True, exist_ok=True)
+        _atomic_npy(x_path, splits[s].images)
+        _atomic_npy(y_path, splits[s].labels)
+    return splits["train"], splits["test"], tuple(classes)
+
+
+def _atomic_npy(path: Path, arr: np.ndarray) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".npy.tmp")
+    with os.fdopen(fd, "wb") as f:
+        np.save(f, arr)
+    os.replace(tmp, path)
+
+
+# ---------------------------------------------------------------- download
+
+def md5sum(path: Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.md5()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def download_cifar10(dest: Path, url: str = CIFAR10_URL, md5: str = CIFAR10_MD5,
+                     progress: bool = True) -> Path:
+    """Download, verify and extract the CIFAR-10 archive into dest/cifar-10-batches-py.
+
+    Everything is written to a temporary folder inside dest and moved into place only after the
+    checksum and extraction succeed, so a failure leaves nothing half-written behind.
+    """
+    from tqdm import tqdm
+
+    dest = Path(dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=dest, prefix=".download-") as tmp:
+        archive = Path(tmp) / "cifar-10-python.tar.gz"
+        try:
+            with urllib.request.urlopen(url, timeout=60) as r, open(archive, "wb") as f:
+                total = int(r.headers.get("Content-Length") or 0) or None
+                with tqdm(total=total, unit="B", unit_scale=True, desc="downloading CIFAR-10",
+                          disable=not progress) as bar:
+                    while block := r.read(1 << 16):
+                        f.write(block)
+                        bar.update(len(block))
+        except (urllib.error.URLError, OSError) as e:
+            raise DataError(f"could not download CIFAR-10 from {url} ({e}). {_HOW_TO_PROVIDE}") from e
+        got = md5sum(archive)
+        if got != md5:
+            raise DataError(f"checksum mismatch for {url}: md5 {got}, expected {md5}; "
+                            "the download is corrupt or not CIFAR-10 and was deleted")
+        extracted = Path(tmp) / "extracted"
+        _safe_extract(archive, extracted)
+        if detect_layout(extracted) is None:
+            raise DataError(f"{url} did not contain {PY_DIR}/data_batch_1 and test_batch")
+        final = dest / PY_DIR
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(extracted / PY_DIR, final)
+    return final
+
+
+def _safe_extract(archive: Path, out: Path) -> None:
+    """Extract regular files and folders only, each strictly inside ``out``."""
+    out = out.resolve()
+    with tarfile.open(archive, "r:gz") as tar:
+        for m in tar.getmembers():
+            target = (out / m.name).resolve()
+            if not (m.isfile() or m.isdir()) or out not in target.parents:
+                raise DataError(f"refusing unsafe archive member {m.name!r} in {archive.name}")
+        tar.extractall(out, filter="data")

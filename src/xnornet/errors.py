@@ -1,0 +1,13 @@
+"""Errors with messages meant for the user. Torch-free, so any layer can raise or catch them."""
+
+
+class XnornetError(RuntimeError):
+    """Base class: the CLI prints these as a one-line error instead of a traceback."""
+
+
+class DataError(XnornetError):
+    """The data set is missing, corrupt or not what we expect. The message says what to do."""
+
+
+class CheckpointError(XnornetError):
+    """A checkpoint is missing, unreadable, or does not match the model it describes."""

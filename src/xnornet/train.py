@@ -1,0 +1,285 @@
+"""Training loop: data in memory, batched augmentation, KD, per-epoch atomic checkpoints, resume, DDP.
+
+Reads top to bottom: config -> setup (device, data, model, optimizer) -> epochs -> outputs.
+Outputs in ``out``: checkpoint.safetensors (last epoch, with optimizer state, for --resume),
+model.safetensors (weights + metadata, for eval/export), metrics.jsonl, metrics.csv, curves.png.
+Multi-process: launch with ``torchrun --nproc_per_node K -m xnornet train ...``; each process takes
+every K-th sample of the epoch's permutation and gradients are averaged by DDP (gloo on CPU,
+nccl on CUDA). Only rank 0 writes files.
+"""
+from __future__ import annotations
+
+import contextlib
+import csv
+import json
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+
+from . import data as xdata
+from .checkpoint import load_model, read_checkpoint, save_checkpoint
+from .layers import QuantConv2d, clip_latent_weights
+from .models import ALIASES, TrunkConfig, build_model
+from .transforms import normalize, random_crop_flip
+
+
+@dataclass
+class TrainConfig:
+    model: str = "bireal"
+    epochs: int = 20
+    lr: float | None = None          # None: 0.1 for SGD (fp32), 2e-3 for Adam (binary models)
+    optimizer: str | None = None     # None: "sgd" for fp32, "adam" for binary models
+    batch_size: int = 128
+    weight_decay: float | None = None  # None: 5e-4 for SGD; Adam: 0 on binary kernels, 1e-4 elsewhere
+    warmup_epochs: float = 1.0       # linear warm-up, then cosine decay to 0 at the last step
+    label_smoothing: float = 0.0
+    kd: bool = False
+    teacher_path: str | None = None
+    kd_alpha: float = 0.5            # loss = a*CE + (1-a)*T^2*KL(teacher || student)
+    kd_temperature: float = 3.0
+    data_dir: str | None = None
+    out: str = "runs/run"
+    seed: int = 0
+    subset: int | None = None        # first N train and N test images (smoke runs)
+    resume: bool = False
+    amp: str = "auto"                # auto: bfloat16 where the CPU/GPU has native support
+    compile: str = "auto"            # auto: torch.compile unless --subset (compiling costs ~30 s)
+    widths: tuple[int, ...] = (64, 128, 256)
+    depths: tuple[int, ...] = (3, 3, 3)
+    progress: bool = True
+    extra: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        self.model = ALIASES.get(self.model, self.model)
+        binary = self.model != "fp32"
+        self.optimizer = self.optimizer or ("adam" if binary else "sgd")
+        if self.optimizer not in ("sgd", "adam"):
+            raise ValueError(f"optimizer must be sgd or adam, got {self.optimizer!r}")
+        if self.lr is None:
+            self.lr = 2e-3 if self.optimizer == "adam" else 0.1
+        if self.kd and not self.teacher_path:
+            raise ValueError("--kd needs --teacher-path (a checkpoint of the fp32 teacher)")
+        if not 0.0 <= self.kd_alpha <= 1.0 or self.kd_temperature <= 0:
+            raise ValueError("--kd-alpha must be in [0, 1] and --kd-temperature > 0")
+        if self.epochs < 1 or self.batch_size < 1:
+            raise ValueError("--epochs and --batch-size must be >= 1")
+
+
+# ---------------------------------------------------------------- losses and schedule
+
+def kd_loss(student_logits, teacher_logits, labels, alpha: float, temperature: float,
+            label_smoothing: float = 0.0):
+    """a*CE(student, labels) + (1-a)*T^2*KL(softmax(teacher/T) || softmax(student/T)).
+
+    T^2 keeps the soft-target gradient on the same scale as CE's as T changes (Hinton et al.).
+    """
+    ce = F.cross_entropy(student_logits, labels, label_smoothing=label_smoothing)
+    t = temperature
+    kl = F.kl_div(F.log_softmax(student_logits.float() / t, dim=1),
+                  F.log_softmax(teacher_logits.float() / t, dim=1),
+                  reduction="batchmean", log_target=True)
+    return alpha * ce + (1.0 - alpha) * t * t * kl
+
+
+def lr_at(step: int, total: int, warmup: int, peak: float) -> float:
+    """Linear warm-up over ``warmup`` steps, then cosine from peak to 0 at step ``total``."""
+    if step < warmup:
+        return peak * (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return peak * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+
+# ---------------------------------------------------------------- setup helpers
+
+def cpu_has_bf16() -> bool:
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def autocast_for(device: torch.device, amp: str):
+    if amp not in ("auto", "bf16", "off"):
+        raise ValueError(f"--amp must be auto, bf16 or off, got {amp!r}")
+    if amp == "auto":
+        ok = torch.cuda.is_bf16_supported() if device.type == "cuda" else cpu_has_bf16()
+        amp = "bf16" if ok else "off"
+    if amp == "off":
+        return contextlib.nullcontext, "off"
+    return (lambda: torch.autocast(device.type, dtype=torch.bfloat16)), "bf16"
+
+
+def make_optimizer(model, cfg: TrainConfig):
+    binary = [p for m in model.modules() if isinstance(m, QuantConv2d) and m.is_binary
+              for p in [m.weight]]
+    binary_ids = {id(p) for p in binary}
+    rest = [p for p in model.parameters() if id(p) not in binary_ids]
+    if cfg.optimizer == "sgd":
+        wd = 5e-4 if cfg.weight_decay is None else cfg.weight_decay
+        return torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=0.9, nesterov=True,
+                               weight_decay=wd)
+    # Weight decay on latent binary weights only pulls them toward 0, where signs flip randomly.
+    wd = 1e-4 if cfg.weight_decay is None else cfg.weight_decay
+    return torch.optim.AdamW([{"params": binary, "weight_decay": 0.0},
+                              {"params": rest, "weight_decay": wd}], lr=cfg.lr)
+
+
+def setup_distributed() -> tuple[int, int, torch.device]:
+    """-> (rank, world size, device). Uses torchrun's environment when present."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    cuda = torch.cuda.is_available()
+    device = torch.device("cuda", local) if cuda else torch.device("cpu")
+    if world > 1 and not dist.is_initialized():
+        if cuda:
+            torch.cuda.set_device(device)
+        dist.init_process_group("nccl" if cuda else "gloo")
+    return (dist.get_rank() if world > 1 else 0), world, device
+
+
+@torch.no_grad()
+def evaluate(model, split: xdata.Split, device, mean, std, batch_size=500, autocast=None):
+    """-> (top-1 accuracy as a fraction, mean CE loss) of ``model`` on ``split``."""
+    model.eval()
+    autocast = autocast or contextlib.nullcontext
+    images = torch.from_numpy(split.images)
+    labels = torch.from_numpy(split.labels)
+    correct, loss_sum = 0, 0.0
+    for i in range(0, len(labels), batch_size):
+        x = normalize(images[i:i + batch_size].to(device), mean, std)
+        y = labels[i:i + batch_size].to(device)
+        with autocast():
+            logits = model(x).float()
+        loss_sum += F.cross_entropy(logits, y, reduction="sum").item()
+        correct += (logits.argmax(1) == y).sum().item()
+    n = max(1, len(labels))
+    return correct / n, loss_sum / n
+
+
+# ---------------------------------------------------------------- outputs
+
+def write_metrics(out: Path, history: list[dict]) -> None:
+    with open(out / "metrics.jsonl", "w") as f:
+        for row in history:
+            f.write(json.dumps(row) + "\n")
+    with open(out / "metrics.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(history[0]))
+        w.writeheader()
+        w.writerows(history)
+    from .plots import plot_curves
+    plot_curves(history, out / "curves.png")
+
+
+# ---------------------------------------------------------------- the loop
+
+def train(cfg: TrainConfig) -> dict:
+    rank, world, device = setup_distributed()
+    main = rank == 0
+    out = Path(cfg.out)
+    ckpt_path = out / "checkpoint.safetensors"
+    torch.manual_seed(cfg.seed)
+
+    ds = xdata.load_cifar10(cfg.data_dir, progress=cfg.progress and main)
+    train_split, test_split = ds.train.head(cfg.subset), ds.test.head(cfg.subset)
+    mean, std = xdata.CIFAR10_MEAN, xdata.CIFAR10_STD
+    train_x = torch.from_numpy(train_split.images).to(device)
+    train_y = torch.from_numpy(train_split.labels).to(device)
+
+    model = build_model(cfg.model, widths=cfg.widths, depths=cfg.depths,
+                        num_classes=len(ds.classes)).to(device, memory_format=torch.channels_last)
+    optimizer = make_optimizer(model, cfg)
+    history: list[dict] = []
+    start_epoch = 0
+    if cfg.resume and ckpt_path.is_file():
+        model_sd, meta, optim_sd = read_checkpoint(ckpt_path)
+        if meta["model_config"] != model.config.to_dict():
+            raise ValueError(f"{ckpt_path} holds a {meta['model_config']} model, not the requested "
+                             f"{model.config.to_dict()}; use another --out or drop --resume")
+        model.load_state_dict(model_sd)
+        optimizer.load_state_dict(optim_sd)
+        history, start_epoch = meta["history"], meta["epoch"]
+        if main:
+            print(f"resuming {ckpt_path} after epoch {start_epoch}")
+
+    teacher = None
+    if cfg.kd:
+        teacher, _ = load_model(cfg.teacher_path, device)
+        teacher = teacher.to(memory_format=torch.channels_last)
+
+    autocast, amp = autocast_for(device, cfg.amp)
+    use_compile = cfg.compile == "on" or (cfg.compile == "auto" and cfg.subset is None)
+    net = torch.compile(model) if use_compile else model
+    if teacher is not None and use_compile:
+        teacher = torch.compile(teacher)
+    if world > 1:
+        net = torch.nn.parallel.DistributedDataParallel(net)
+
+    n = len(train_y)
+    steps_per_epoch = math.ceil(math.ceil(n / world) / cfg.batch_size)
+    total_steps = steps_per_epoch * cfg.epochs
+    warmup = int(cfg.warmup_epochs * steps_per_epoch)
+    meta_base = {"model_config": model.config.to_dict(), "train_config": asdict(cfg),
+                 "classes": list(ds.classes), "mean": list(mean), "std": list(std),
+                 "data_source": ds.source, "amp": amp, "world_size": world}
+    if main:
+        print(f"training {cfg.model} on {n} images ({ds.source}), device {device}, amp {amp}, "
+              f"compile {use_compile}, world {world}, {steps_per_epoch} steps/epoch")
+
+    from tqdm import tqdm
+    for epoch in range(start_epoch, cfg.epochs):
+        net.train()
+        t0 = time.perf_counter()
+        g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch)
+        perm = torch.randperm(n, generator=g)[rank::world]
+        loss_sum = correct = seen = 0
+        bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch + 1}/{cfg.epochs}",
+                   disable=not (cfg.progress and main), leave=False, mininterval=2.0)
+        for i in bar:
+            idx = perm[i * cfg.batch_size:(i + 1) * cfg.batch_size].to(device)
+            x = normalize(random_crop_flip(train_x[idx], 4, g), mean, std)
+            y = train_y[idx]
+            for group in optimizer.param_groups:
+                group["lr"] = lr_at(epoch * steps_per_epoch + i, total_steps, warmup, cfg.lr)
+            with autocast():
+                logits = net(x)
+                if teacher is not None:
+                    with torch.no_grad():
+                        t_logits = teacher(x)
+                    loss = kd_loss(logits, t_logits, y, cfg.kd_alpha, cfg.kd_temperature,
+                                   cfg.label_smoothing)
+                else:
+                    loss = F.cross_entropy(logits.float(), y, label_smoothing=cfg.label_smoothing)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            clip_latent_weights(model)
+            loss_sum += loss.item() * len(y)
+            correct += (logits.argmax(1) == y).sum().item()
+            seen += len(y)
+            if i % 20 == 0:
+                bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{correct / seen:.3f}")
+        bar.close()
+        train_seconds = time.perf_counter() - t0
+        test_acc, test_loss = evaluate(net, test_split, device, mean, std, autocast=autocast)
+        row = {"epoch": epoch + 1, "train_loss": loss_sum / seen, "train_acc": correct / seen,
+               "test_loss": test_loss, "test_acc": test_acc, "lr": optimizer.param_groups[0]["lr"],
+               "epoch_seconds": round(train_seconds, 2)}
+        history.append(row)
+        if main:
+            print(f"epoch {epoch + 1}/{cfg.epochs}: train loss {row['train_loss']:.4f} "
+                  f"acc {row['train_acc']:.4f} | test loss {test_loss:.4f} acc {test_acc:.4f} | "
+                  f"{train_seconds:.0f}s", flush=True)
+            meta = {**meta_base, "epoch": epoch + 1, "history": history, "test_acc": test_acc}
+            save_checkpoint(ckpt_path, model, meta, optimizer)
+            save_checkpoint(out / "model.safetensors", model, meta)
+            write_metrics(out, history)
+    if world > 1:
+        dist.barrier()
+    return history[-1] if history else {}
