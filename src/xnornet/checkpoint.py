@@ -70,7 +70,7 @@ def read_checkpoint(path) -> tuple[dict, dict, dict | None]:
         for k, v in extra["scalars"].items():
             pid, name = k.split(".", 1)
             state.setdefault(int(pid), {})[name] = v
-        optim_sd = {"state": state, "param_groups": extra["param_groups"]}
+        optim_sd = {"state": dict(sorted(state.items())), "param_groups": extra["param_groups"]}
     return model_sd, meta, optim_sd
 
 

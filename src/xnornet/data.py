@@ -124,6 +124,7 @@ class _RestrictedUnpickler(pickle.Unpickler):
     _ALLOWED = {
         ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
         ("numpy", "ndarray"), ("numpy", "dtype"),
+        ("_codecs", "encode"),  # how Python 3 writes bytes in protocol-2 pickles; runs no code
     }
 
     def find_class(self, module, name):
@@ -131,7 +132,16 @@ class _RestrictedUnpickler(pickle.Unpickler):
             raise pickle.UnpicklingError(f"refusing to load global {module}.{name} from a data file")
         if name == "_reconstruct":
             return np.ndarray.__reduce__(np.zeros(0))[0]  # numpy's own _reconstruct, any version
+        if module == "_codecs":
+            return _latin1_encode
         return getattr(np, name)
+
+
+def _latin1_encode(text, encoding="latin1"):
+    """The only codec use a protocol-2 pickle of bytes needs."""
+    if encoding not in ("latin1", "latin-1"):
+        raise pickle.UnpicklingError(f"refusing codec {encoding!r} in a data file")
+    return text.encode(encoding)
 
 
 def restricted_load(data: bytes):
@@ -141,14 +151,21 @@ def restricted_load(data: bytes):
 def _read_batch(path: Path) -> Split:
     try:
         d = restricted_load(path.read_bytes())
-        raw = np.asarray(d[b"data"], dtype=np.uint8)
-        labels = np.asarray(d[b"labels"], dtype=np.int64)
-    except (pickle.UnpicklingError, KeyError, TypeError, ValueError, EOFError) as e:
-        raise DataError(f"{path} is not a CIFAR-10 batch file: {e}") from e
-    if raw.ndim != 2 or raw.shape[1] != 3072 or len(raw) != len(labels):
-        raise DataError(f"{path}: expected data (N, 3072) and N labels, got {raw.shape}, {labels.shape}")
+        raw = np.asarray(d[b"data"])
+        labels = np.asarray(d[b"labels"])
+    # The unpickler runs no code, so any exception here means a corrupt file (truncated data,
+    # absurd sizes -> OverflowError/MemoryError, wrong types); all get the same clear error.
+    except Exception as e:
+        raise DataError(f"{path} is not a CIFAR-10 batch file: {type(e).__name__}: {e}") from e
+    if (raw.ndim != 2 or raw.shape[1] != 3072 or labels.ndim != 1 or len(raw) != len(labels)
+            or raw.dtype.kind not in "ui" or labels.dtype.kind not in "ui"):
+        raise DataError(f"{path}: expected integer data (N, 3072) and N integer labels, got "
+                        f"{raw.dtype} {raw.shape} and {labels.dtype} {labels.shape}")
+    if raw.size and (raw.min() < 0 or raw.max() > 255):
+        raise DataError(f"{path}: pixel values outside 0..255")
     if labels.size and (labels.min() < 0 or labels.max() >= 10):
         raise DataError(f"{path}: labels outside 0..9")
+    raw, labels = raw.astype(np.uint8), labels.astype(np.int64)
     # Rows are 1024 red, 1024 green, 1024 blue values (CHW); we keep NHWC.
     return Split(raw.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1).copy(), labels)
 
@@ -167,6 +184,9 @@ def _list_folder(split_dir: Path, classes: list[str]) -> list[tuple[Path, int]]:
     images of a class-sorted folder are still balanced across classes (--subset relies on it)."""
     per_class = []
     for label, name in enumerate(classes):
+        if not (split_dir / name).is_dir():
+            raise DataError(f"class folder {split_dir / name} is missing ({split_dir.parent / 'train'} "
+                            f"has classes {classes})")
         files = sorted(p for p in (split_dir / name).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
         per_class.append([(p, label) for p in files])
     out = []
@@ -198,11 +218,12 @@ def load_image_folder(root: Path, progress: bool = True) -> tuple[Split, Split, 
     if not classes:
         raise DataError(f"{root / 'train'} holds no class folders")
     listing = {s: _list_folder(root / s, classes) for s in ("train", "test")}
-    # Cache key: the folder and every file name and size, so any change re-decodes.
+    # Cache key: the folder and every file's name, size and mtime, so any change re-decodes.
     h = hashlib.sha256(str(root.resolve()).encode())
     for s in ("train", "test"):
         for p, label in listing[s]:
-            h.update(f"{s}/{label}/{p.name}/{p.stat().st_size}".encode())
+            st = p.stat()
+            h.update(f"{s}/{label}/{p.name}/{st.st_size}/{st.st_mtime_ns}".encode())
     cached = cache_dir() / "decoded" / h.hexdigest()[:24]
     splits = {}
     for s in ("train", "test"):
@@ -255,7 +276,7 @@ def download_cifar10(dest: Path, url: str = CIFAR10_URL, md5: str = CIFAR10_MD5,
                     while block := r.read(1 << 16):
                         f.write(block)
                         bar.update(len(block))
-        except (urllib.error.URLError, OSError) as e:
+        except (urllib.error.URLError, OSError, ValueError) as e:
             raise DataError(f"could not download CIFAR-10 from {url} ({e}). {_HOW_TO_PROVIDE}") from e
         got = md5sum(archive)
         if got != md5:
@@ -263,7 +284,7 @@ def download_cifar10(dest: Path, url: str = CIFAR10_URL, md5: str = CIFAR10_MD5,
                             "the download is corrupt or not CIFAR-10 and was deleted")
         extracted = Path(tmp) / "extracted"
         _safe_extract(archive, extracted)
-        if detect_layout(extracted) is None:
+        if not all((extracted / PY_DIR / f).is_file() for f in ("data_batch_1", "test_batch")):
             raise DataError(f"{url} did not contain {PY_DIR}/data_batch_1 and test_batch")
         final = dest / PY_DIR
         if final.exists():
@@ -275,9 +296,14 @@ def download_cifar10(dest: Path, url: str = CIFAR10_URL, md5: str = CIFAR10_MD5,
 def _safe_extract(archive: Path, out: Path) -> None:
     """Extract regular files and folders only, each strictly inside ``out``."""
     out = out.resolve()
-    with tarfile.open(archive, "r:gz") as tar:
-        for m in tar.getmembers():
-            target = (out / m.name).resolve()
-            if not (m.isfile() or m.isdir()) or out not in target.parents:
-                raise DataError(f"refusing unsafe archive member {m.name!r} in {archive.name}")
-        tar.extractall(out, filter="data")
+    try:
+        with tarfile.open(archive, "r:gz") as tar:
+            for m in tar.getmembers():
+                target = (out / m.name).resolve()
+                if not (m.isfile() or m.isdir()) or (target != out and out not in target.parents):
+                    raise DataError(f"refusing unsafe archive member {m.name!r} in {archive.name}")
+            # The checks above are the guard; the "data" filter (Python >= 3.11.4) is a second one.
+            kwargs = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}
+            tar.extractall(out, **kwargs)
+    except (tarfile.TarError, OSError, EOFError) as e:
+        raise DataError(f"{archive.name} is not a readable tar.gz archive: {e}") from e

@@ -49,7 +49,8 @@ class TrunkConfig:
         object.__setattr__(self, "depths", tuple(int(d) for d in self.depths))
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        """JSON-ready (lists, not tuples), so it compares equal to what a checkpoint stores."""
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
 
 
 class Downsample(nn.Module):

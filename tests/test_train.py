@@ -1,0 +1,232 @@
+"""Training: KD loss, schedule, augmentation, checkpoints, a real tiny run, resume, DDP, CLI."""
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from synthetic import write_python_batches
+from xnornet import cli
+from xnornet.checkpoint import load_model, read_checkpoint, save_checkpoint
+from xnornet.errors import CheckpointError
+from xnornet.models import build_model
+from xnornet.train import TrainConfig, kd_loss, lr_at, train
+from xnornet.transforms import normalize, random_crop_flip
+
+TINY = dict(widths=(16, 32), depths=(1, 1))
+
+
+def test_kd_loss_hand_computed():
+    s, t, y = [1.0, 0.0], [0.0, 1.0], 0
+    alpha, T = 0.3, 2.0
+    ce = math.log(1 + math.exp(-1.0))
+    def softmax(v):
+        e = [math.exp(a / T) for a in v]
+        return [a / sum(e) for a in e]
+    ps, pt = softmax(s), softmax(t)
+    kl = sum(q * (math.log(q) - math.log(p)) for p, q in zip(ps, pt))
+    expected = alpha * ce + (1 - alpha) * T * T * kl
+    got = kd_loss(torch.tensor([s]), torch.tensor([t]), torch.tensor([y]), alpha, T)
+    assert got.item() == pytest.approx(expected, rel=1e-5)
+    # alpha = 1 is plain cross-entropy; identical logits give zero KL
+    assert kd_loss(torch.tensor([s]), torch.tensor([t]), torch.tensor([y]), 1.0, T).item() == pytest.approx(ce)
+    assert kd_loss(torch.tensor([s]), torch.tensor([s]), torch.tensor([y]), 0.0, T).item() == pytest.approx(0, abs=1e-7)
+
+
+def test_lr_schedule_warmup_then_cosine():
+    peak, total, warm = 0.1, 100, 10
+    assert lr_at(0, total, warm, peak) == pytest.approx(peak / warm)
+    assert lr_at(warm - 1, total, warm, peak) == pytest.approx(peak)
+    assert lr_at(warm, total, warm, peak) == pytest.approx(peak)
+    assert lr_at(55, total, warm, peak) == pytest.approx(peak / 2)
+    assert lr_at(total, total, warm, peak) == pytest.approx(0, abs=1e-12)
+    lrs = [lr_at(i, total, warm, peak) for i in range(warm, total)]
+    assert all(a >= b for a, b in zip(lrs, lrs[1:]))
+
+
+def test_random_crop_flip_takes_windows_of_the_padded_image():
+    torch.manual_seed(0)
+    x = torch.randint(0, 255, (6, 5, 7, 3), dtype=torch.uint8)
+    pad = 2
+    out = random_crop_flip(x, pad, torch.Generator().manual_seed(3))
+    assert out.shape == x.shape and out.dtype == torch.uint8
+    padded = torch.nn.functional.pad(x, (0, 0, pad, pad, pad, pad))
+    flips = 0
+    for i in range(len(x)):
+        windows = [(padded[i, oy:oy + 5, ox:ox + 7], f) for oy in range(2 * pad + 1)
+                   for ox in range(2 * pad + 1) for f in (False, True)]
+        matches = [f for w, f in windows if torch.equal(out[i], w.flip(1) if f else w)]
+        assert matches, f"image {i} is not a (flipped) crop"
+        flips += matches[0]
+    again = random_crop_flip(x, pad, torch.Generator().manual_seed(3))
+    assert torch.equal(out, again)  # same generator state, same augmentation
+
+
+def test_normalize_layout_and_values():
+    x = torch.full((2, 4, 4, 3), 255, dtype=torch.uint8)
+    y = normalize(x, (0.5, 0.5, 0.5), (0.25, 0.5, 1.0))
+    assert y.shape == (2, 3, 4, 4) and y.is_contiguous(memory_format=torch.channels_last)
+    assert torch.allclose(y[0, :, 0, 0], torch.tensor([2.0, 1.0, 0.5]))
+
+
+def test_checkpoint_roundtrip_and_errors(tmp_path):
+    model = build_model("bireal", **TINY)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    model(torch.randn(2, 3, 32, 32)).sum().backward()
+    opt.step()
+    meta = {"model_config": model.config.to_dict(), "mean": [0, 0, 0], "std": [1, 1, 1]}
+    path = tmp_path / "c.safetensors"
+    save_checkpoint(path, model, meta, opt)
+    assert [p.name for p in tmp_path.iterdir()] == ["c.safetensors"]  # no temp file left
+    sd, meta2, osd = read_checkpoint(path)
+    assert meta2 == meta
+    for k, v in model.state_dict().items():
+        assert torch.equal(sd[k], v)
+    opt2 = torch.optim.AdamW(build_model("bireal", **TINY).parameters(), lr=1e-3)
+    opt2.load_state_dict(osd)
+    s1, s2 = opt.state_dict()["state"], opt2.state_dict()["state"]
+    assert s1.keys() == s2.keys()
+    for pid in s1:
+        assert torch.equal(s1[pid]["exp_avg"], s2[pid]["exp_avg"])
+        assert torch.equal(s1[pid]["step"], s2[pid]["step"])
+    rebuilt, _ = load_model(path)
+    x = torch.randn(1, 3, 32, 32)
+    assert torch.equal(rebuilt(x), model.eval()(x))
+
+    with pytest.raises(CheckpointError, match="does not exist"):
+        read_checkpoint(tmp_path / "missing.safetensors")
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json at all")
+    with pytest.raises(CheckpointError, match="not an xnornet checkpoint"):
+        read_checkpoint(bad)
+    wrong = dict(meta, model_config=dict(meta["model_config"], widths=[8, 16]))
+    save_checkpoint(tmp_path / "w.safetensors", model, wrong)
+    with pytest.raises(CheckpointError, match="do not match"):
+        load_model(tmp_path / "w.safetensors")
+
+
+@pytest.fixture(scope="module")
+def separable_data(tmp_path_factory):
+    return write_python_batches(tmp_path_factory.mktemp("cifar"), n_train=600, n_test=200)
+
+
+def _cfg(data, out, **kw):
+    base = dict(model="bireal", epochs=2, data_dir=str(data), out=str(out), subset=None,
+                compile="off", amp="off", progress=False, batch_size=50, warmup_epochs=0.0,
+                **TINY)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+@pytest.mark.parametrize("kind", ["fp32", "xnor", "bireal"])
+def test_tiny_training_learns_separable_data(separable_data, tmp_path, kind):
+    row = train(_cfg(separable_data, tmp_path, model=kind, epochs=3))
+    assert row["test_acc"] > 0.6, row  # chance is 0.1
+    lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(l)["epoch"] for l in lines] == [1, 2, 3]
+    assert (tmp_path / "metrics.csv").read_text().startswith("epoch,")
+    assert (tmp_path / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    model, meta = load_model(tmp_path / "model.safetensors")
+    assert meta["epoch"] == 3 and meta["model_config"]["kind"] == kind
+
+
+def test_latent_weights_stay_clipped_during_training(separable_data, tmp_path):
+    train(_cfg(separable_data, tmp_path, epochs=1, lr=0.5))  # a huge lr pushes weights out
+    model, _ = load_model(tmp_path / "model.safetensors")
+    assert max(m.weight.abs().max().item() for m in model.modules()
+               if getattr(m, "is_binary", False)) <= 1.0
+
+
+def test_resume_gives_the_same_weights_as_an_uninterrupted_run(separable_data, tmp_path, monkeypatch):
+    train(_cfg(separable_data, tmp_path / "straight", epochs=2))
+
+    import xnornet.train as xtrain
+    real_write = xtrain.write_metrics
+    def crash_after_first_epoch(out, history):
+        real_write(out, history)
+        raise KeyboardInterrupt  # as if the session ended right after epoch 1's checkpoint
+    monkeypatch.setattr(xtrain, "write_metrics", crash_after_first_epoch)
+    with pytest.raises(KeyboardInterrupt):
+        train(_cfg(separable_data, tmp_path / "split", epochs=2))
+    monkeypatch.setattr(xtrain, "write_metrics", real_write)
+    assert read_checkpoint(tmp_path / "split" / "checkpoint.safetensors")[1]["epoch"] == 1
+    train(_cfg(separable_data, tmp_path / "split", epochs=2, resume=True))
+
+    a, meta_a, _ = read_checkpoint(tmp_path / "straight" / "checkpoint.safetensors")
+    b, meta_b, _ = read_checkpoint(tmp_path / "split" / "checkpoint.safetensors")
+    assert meta_b["epoch"] == 2 and len(meta_b["history"]) == 2
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    assert meta_a["history"][1]["test_acc"] == meta_b["history"][1]["test_acc"]
+
+
+def test_resume_refuses_another_model(separable_data, tmp_path):
+    train(_cfg(separable_data, tmp_path, epochs=1))
+    with pytest.raises(ValueError, match="--resume"):
+        train(_cfg(separable_data, tmp_path, epochs=2, model="xnor", resume=True))
+
+
+def test_kd_training_with_a_teacher(separable_data, tmp_path):
+    train(_cfg(separable_data, tmp_path / "teacher", model="fp32", epochs=2))
+    row = train(_cfg(separable_data, tmp_path / "student", epochs=2, kd=True, kd_alpha=0.5,
+                     teacher_path=str(tmp_path / "teacher" / "model.safetensors")))
+    assert row["test_acc"] > 0.3
+    _, meta, _ = read_checkpoint(tmp_path / "student" / "model.safetensors")
+    assert meta["train_config"]["kd"] is True
+
+
+def test_config_errors():
+    with pytest.raises(ValueError, match="teacher-path"):
+        TrainConfig(kd=True)
+    with pytest.raises(ValueError, match="kd-alpha"):
+        TrainConfig(kd=True, teacher_path="x", kd_alpha=1.5)
+
+
+def _env():
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    env.pop("XNORNET_DATA", None)
+    return env
+
+
+def test_ddp_two_processes_on_cpu(separable_data, tmp_path):
+    out = tmp_path / "ddp"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           "-m", "xnornet", "train", "--model", "xnor", "--epochs", "2", "--batch-size", "50",
+           "--widths", "16,32", "--depths", "1,1", "--data-dir", str(separable_data),
+           "--out", str(out), "--compile", "off", "--amp", "off", "--no-progress"]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=_env())
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "world 2" in r.stdout and "6 steps/epoch" in r.stdout  # 600 images / 2 ranks / 50
+    _, meta, _ = read_checkpoint(out / "checkpoint.safetensors")
+    assert meta["world_size"] == 2 and meta["epoch"] == 2
+    assert meta["history"][-1]["test_acc"] > 0.3
+
+
+def test_cli_eval_writes_json_and_bad_input_is_a_clear_error(separable_data, tmp_path, capsys):
+    train(_cfg(separable_data, tmp_path / "m", epochs=1))
+    ckpt = tmp_path / "m" / "model.safetensors"
+    out = tmp_path / "eval.json"
+    assert cli.main(["eval", "--checkpoint", str(ckpt), "--data-dir", str(separable_data),
+                     "--subset", "100", "--json", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert result["n"] == 100 and 0.0 <= result["accuracy"] <= 1.0
+    _, meta, _ = read_checkpoint(ckpt)
+    assert cli.main(["eval", "--checkpoint", str(tmp_path / "nope.safetensors"),
+                     "--data-dir", str(separable_data)]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    assert cli.main(["eval", "--checkpoint", str(ckpt), "--data-dir", str(tmp_path / "empty")]) == 2
+    assert "--data-dir" in capsys.readouterr().err
+
+
+def test_cli_summary_and_help(capsys):
+    assert cli.main(["summary", "--model", "xnor", "--widths", "64,128", "--depths", "1,1"]) == 0
+    out = capsys.readouterr().out
+    assert "QuantConv2d" in out and "binary" in out
+    with pytest.raises(SystemExit) as e:
+        cli.main(["train", "--help"])
+    assert e.value.code == 0
+    assert "--kd-temperature" in capsys.readouterr().out
