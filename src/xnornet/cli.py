@@ -26,6 +26,15 @@ def _positive(text: str) -> int:
 MODEL_CHOICES = ["fp32", "baseline", "xnor", "bireal"]
 
 
+def _add_trunk_args(p):
+    from .config import TrunkConfig
+    fmt = lambda v: ",".join(map(str, v))  # noqa: E731
+    p.add_argument("--widths", type=_ints, default=TrunkConfig.widths,
+                   help=f"channels per stage (default {fmt(TrunkConfig.widths)})")
+    p.add_argument("--depths", type=_ints, default=TrunkConfig.depths,
+                   help=f"blocks per stage (default {fmt(TrunkConfig.depths)})")
+
+
 def add_train(sub):
     p = sub.add_parser("train", help="train a model on CIFAR-10",
                        description="Train fp32 (alias baseline), xnor or bireal on CIFAR-10. Writes "
@@ -57,8 +66,7 @@ def add_train(sub):
                    help="bfloat16 autocast; auto = where the CPU/GPU supports bf16 natively")
     p.add_argument("--compile", choices=["auto", "on", "off"], default="auto",
                    help="torch.compile the model; auto = on unless --subset")
-    p.add_argument("--widths", type=_ints, default=(64, 128, 256), help="stage widths, e.g. 64,128,256")
-    p.add_argument("--depths", type=_ints, default=(3, 3, 3), help="blocks per stage, e.g. 3,3,3")
+    _add_trunk_args(p)
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
@@ -111,8 +119,7 @@ def add_summary(sub):
     p = sub.add_parser("summary", help="per-layer table: params, bits, memory, MACs")
     p.add_argument("--model", choices=MODEL_CHOICES, default="bireal")
     p.add_argument("--checkpoint", help="summarize this checkpoint's model instead")
-    p.add_argument("--widths", type=_ints, default=(64, 128, 256))
-    p.add_argument("--depths", type=_ints, default=(3, 3, 3))
+    _add_trunk_args(p)
 
 
 def run_summary(a) -> int:

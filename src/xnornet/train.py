@@ -15,7 +15,7 @@ import json
 import math
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
@@ -25,7 +25,8 @@ import torch.nn.functional as F
 from . import data as xdata
 from .checkpoint import load_model, read_checkpoint, save_checkpoint
 from .layers import QuantConv2d, clip_latent_weights
-from .models import ALIASES, TrunkConfig, build_model
+from .config import ALIASES, TrunkConfig
+from .models import build_model
 from .transforms import normalize, random_crop_flip
 
 
@@ -50,10 +51,9 @@ class TrainConfig:
     resume: bool = False
     amp: str = "auto"                # auto: bfloat16 where the CPU/GPU has native support
     compile: str = "auto"            # auto: torch.compile unless --subset (compiling costs ~30 s)
-    widths: tuple[int, ...] = (64, 128, 256)
-    depths: tuple[int, ...] = (3, 3, 3)
+    widths: tuple[int, ...] = TrunkConfig.widths
+    depths: tuple[int, ...] = TrunkConfig.depths
     progress: bool = True
-    extra: dict = field(default_factory=dict)
 
     def __post_init__(self):
         self.model = ALIASES.get(self.model, self.model)
