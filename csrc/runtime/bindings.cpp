@@ -1,15 +1,51 @@
-// Python bindings of the native runtime: the private module xnornet._engine.
+// Python bindings of the native runtime: the private module xnornet._engine. The public, checked
+// API is xnornet.engine; these functions assume arrays that it has already validated.
 #include <nanobind/nanobind.h>
+#include <nanobind/ndarray.h>
 #include <nanobind/stl/string.h>
+#include <nanobind/stl/vector.h>
 
+#include <cstring>
+
+#include "core/model_file.h"
 #include "runtime/cpu.h"
+#include "runtime/dispatch.h"
+#include "runtime/engine.h"
 
 namespace nb = nanobind;
+using namespace xnornet;
+
+using U8Images = nb::ndarray<const uint8_t, nb::ndim<4>, nb::c_contig, nb::device::cpu>;
+using F32Images = nb::ndarray<const float, nb::ndim<4>, nb::c_contig, nb::device::cpu>;
+using F32Out = nb::ndarray<float, nb::c_contig, nb::device::cpu>;
+
+namespace {
+
+size_t count(const std::vector<int64_t>& shape) {
+    size_t n = 1;
+    for (auto d : shape) n *= size_t(d);
+    return n;
+}
+
+void check_out(Engine& e, const F32Out& out, int n, int h, int w) {
+    if (out.size() != count(e.output_shape(n, h, w)))
+        throw std::invalid_argument("output buffer has the wrong size");
+}
+
+}  // namespace
 
 NB_MODULE(_engine, m) {
     m.doc() = "xnornet native runtime (private; use xnornet.engine)";
+    nb::register_exception_translator([](const std::exception_ptr& p, void*) {
+        try {
+            std::rethrow_exception(p);
+        } catch (const ModelError& e) {
+            PyErr_SetString(PyExc_ValueError, e.what());
+        }
+    });
+
     m.def("cpu_features", [] {
-        const auto& f = xnornet::cpu_features();
+        const auto& f = cpu_features();
         nb::dict d;
         d["popcnt"] = f.popcnt;
         d["avx2"] = f.avx2;
@@ -18,4 +54,41 @@ NB_MODULE(_engine, m) {
         d["avx512_vpopcntdq"] = f.avx512_vpopcntdq;
         return d;
     }, "ISA features usable on this CPU (CPUID and OS support via XGETBV).");
+
+    m.def("implementations", [] {
+        nb::list out;
+        for (const auto& impl : implementations()) {
+            nb::dict d;
+            d["name"] = impl.name;
+            d["description"] = impl.description;
+            d["supported"] = impl.supported;
+            out.append(d);
+        }
+        return out;
+    }, "Kernel implementations in this build, best first, and whether this CPU can run each.");
+
+    nb::class_<Engine>(m, "Engine")
+        .def("__init__", [](Engine* self, nb::bytes data, int threads, const std::string& isa) {
+            std::vector<uint8_t> bytes(data.size());
+            if (data.size()) std::memcpy(bytes.data(), data.c_str(), data.size());
+            new (self) Engine(parse_model(std::move(bytes)), threads, isa);
+        }, nb::arg("data"), nb::arg("threads") = 0, nb::arg("isa") = "")
+        .def_prop_ro("isa", &Engine::isa)
+        .def_prop_ro("threads", &Engine::threads)
+        .def_prop_ro("class_names", &Engine::class_names)
+        .def_prop_ro("input_channels", &Engine::input_channels)
+        .def_prop_ro("has_input_normalization", &Engine::has_input_normalization)
+        .def("output_shape", &Engine::output_shape)
+        .def("run_u8_nhwc", [](Engine& e, U8Images x, F32Out out) {
+            const int n = int(x.shape(0)), h = int(x.shape(1)), w = int(x.shape(2)), c = int(x.shape(3));
+            check_out(e, out, n, h, w);
+            nb::gil_scoped_release release;
+            e.run_u8_nhwc(x.data(), n, h, w, c, out.data());
+        })
+        .def("run_f32_nchw", [](Engine& e, F32Images x, F32Out out) {
+            const int n = int(x.shape(0)), c = int(x.shape(1)), h = int(x.shape(2)), w = int(x.shape(3));
+            check_out(e, out, n, h, w);
+            nb::gil_scoped_release release;
+            e.run_f32_nchw(x.data(), n, c, h, w, out.data());
+        });
 }

@@ -1,0 +1,61 @@
+// AVX2 kernel. Only this file is compiled with -mavx2. AVX2 has no vector popcount, so bytes are
+// counted with a 4-bit lookup table (vpshufb) and summed into 64-bit lanes with vpsadbw.
+// Blocking: R pixels x one block of 8 output channels (two ymm of 4 lanes each).
+#include <immintrin.h>
+
+#include "kernels/bconv.h"
+
+namespace xnornet {
+namespace {
+
+inline __m256i popcnt64(__m256i v) {  // per 64-bit lane
+    const __m256i lut = _mm256_setr_epi8(0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4,
+                                         0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4);
+    const __m256i low = _mm256_set1_epi8(0x0f);
+    const __m256i lo = _mm256_shuffle_epi8(lut, _mm256_and_si256(v, low));
+    const __m256i hi = _mm256_shuffle_epi8(lut, _mm256_and_si256(_mm256_srli_epi16(v, 4), low));
+    return _mm256_sad_epu8(_mm256_add_epi8(lo, hi), _mm256_setzero_si256());
+}
+
+template <int R>
+void tile(const BConvRow& a, int ox0, int ob) {
+    const int kk = a.k * a.k, P = a.words;
+    __m256i acc[R][2];
+    for (int r = 0; r < R; ++r) acc[r][0] = acc[r][1] = _mm256_setzero_si256();
+    for (int ky = 0; ky < a.k; ++ky) {
+        const uint64_t* row = a.act + (a.oy * a.stride + ky) * a.wp * P;
+        for (int kx = 0; kx < a.k; ++kx) {
+            const uint64_t* wp = a.w + ((ob * kk + ky * a.k + kx) * P) * kLanes;
+            for (int p = 0; p < P; ++p) {
+                const __m256i w0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wp + p * kLanes));
+                const __m256i w1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wp + p * kLanes + 4));
+                for (int r = 0; r < R; ++r) {
+                    const __m256i x = _mm256_set1_epi64x(
+                        static_cast<long long>(row[((ox0 + r) * a.stride + kx) * P + p]));
+                    acc[r][0] = _mm256_add_epi64(acc[r][0], popcnt64(_mm256_xor_si256(x, w0)));
+                    acc[r][1] = _mm256_add_epi64(acc[r][1], popcnt64(_mm256_xor_si256(x, w1)));
+                }
+            }
+        }
+    }
+    for (int r = 0; r < R; ++r) {
+        int32_t* out = a.pop + ((ox0 + r) * a.cout_blocks + ob) * kLanes;
+        alignas(32) long long tmp[8];
+        _mm256_store_si256(reinterpret_cast<__m256i*>(tmp), acc[r][0]);
+        _mm256_store_si256(reinterpret_cast<__m256i*>(tmp + 4), acc[r][1]);
+        for (int l = 0; l < kLanes; ++l) out[l] = static_cast<int32_t>(tmp[l]);
+    }
+}
+
+}  // namespace
+
+void bconv_row_avx2(const BConvRow& a) {
+    constexpr int R = 4;
+    for (int ob = 0; ob < a.cout_blocks; ++ob) {
+        int ox = 0;
+        for (; ox + R <= a.out_w; ox += R) tile<R>(a, ox, ob);
+        for (; ox < a.out_w; ++ox) tile<1>(a, ox, ob);
+    }
+}
+
+}  // namespace xnornet

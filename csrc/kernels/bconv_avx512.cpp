@@ -1,0 +1,60 @@
+// AVX-512 + VPOPCNTDQ kernel. Only this file is compiled with -mavx512f -mavx512vpopcntdq.
+// Register blocking: R output pixels x V blocks of 8 output channels = R*V zmm accumulators, each
+// lane a 64-bit popcount sum for one (pixel, channel). Each weight vector is loaded once per tap
+// and word and reused for R pixels; each activation word is broadcast once and reused V times.
+#include <immintrin.h>
+
+#include "kernels/bconv.h"
+
+namespace xnornet {
+namespace {
+
+template <int R, int V>
+void tile(const BConvRow& a, int ox0, int ob0) {
+    const int kk = a.k * a.k, P = a.words;
+    __m512i acc[R][V];
+    for (int r = 0; r < R; ++r)
+        for (int v = 0; v < V; ++v) acc[r][v] = _mm512_setzero_si512();
+    for (int ky = 0; ky < a.k; ++ky) {
+        const uint64_t* row = a.act + (a.oy * a.stride + ky) * a.wp * P;
+        for (int kx = 0; kx < a.k; ++kx) {
+            const int tap = ky * a.k + kx;
+            for (int p = 0; p < P; ++p) {
+                __m512i w[V];
+                for (int v = 0; v < V; ++v)
+                    w[v] = _mm512_loadu_si512(a.w + (((ob0 + v) * kk + tap) * P + p) * kLanes);
+                for (int r = 0; r < R; ++r) {
+                    const __m512i x = _mm512_set1_epi64(
+                        static_cast<long long>(row[((ox0 + r) * a.stride + kx) * P + p]));
+                    for (int v = 0; v < V; ++v)
+                        acc[r][v] = _mm512_add_epi64(
+                            acc[r][v], _mm512_popcnt_epi64(_mm512_xor_si512(x, w[v])));
+                }
+            }
+        }
+    }
+    for (int r = 0; r < R; ++r)
+        for (int v = 0; v < V; ++v)
+            _mm256_storeu_si256(
+                reinterpret_cast<__m256i*>(a.pop + ((ox0 + r) * a.cout_blocks + ob0 + v) * kLanes),
+                _mm512_cvtepi64_epi32(acc[r][v]));
+}
+
+}  // namespace
+
+void bconv_row_avx512(const BConvRow& a) {
+    constexpr int R = 4, V = 4;
+    int ob = 0;
+    for (; ob + V <= a.cout_blocks; ob += V) {
+        int ox = 0;
+        for (; ox + R <= a.out_w; ox += R) tile<R, V>(a, ox, ob);
+        for (; ox < a.out_w; ++ox) tile<1, V>(a, ox, ob);
+    }
+    for (; ob < a.cout_blocks; ++ob) {
+        int ox = 0;
+        for (; ox + R <= a.out_w; ox += R) tile<R, 1>(a, ox, ob);
+        for (; ox < a.out_w; ++ox) tile<1, 1>(a, ox, ob);
+    }
+}
+
+}  // namespace xnornet

@@ -1,0 +1,47 @@
+#include "runtime/dispatch.h"
+
+#include <cstdlib>
+#include <stdexcept>
+
+#include "runtime/cpu.h"
+
+namespace xnornet {
+
+const std::vector<Implementation>& implementations() {
+    static const std::vector<Implementation> table = [] {
+        const CpuFeatures& f = cpu_features();
+        std::vector<Implementation> t;
+#ifdef XNORNET_X86_KERNELS
+        t.push_back({"avx512", "AVX-512F + VPOPCNTDQ: 8 output channels per zmm, 4x4 register tile",
+                     bconv_row_avx512, f.avx512f && f.avx512_vpopcntdq});
+        t.push_back({"avx2", "AVX2: nibble-LUT popcount (vpshufb + vpsadbw), 4-pixel tile",
+                     bconv_row_avx2, f.avx2});
+#else
+        (void)f;
+#endif
+        t.push_back({"generic", "portable C++ (any 64-bit CPU)", bconv_row_generic, true});
+        return t;
+    }();
+    return table;
+}
+
+const Implementation& select_implementation(const std::string& requested) {
+    std::string name = requested;
+    if (name.empty() || name == "auto") {
+        const char* env = std::getenv("XNORNET_ISA");
+        name = (env && *env) ? env : "auto";
+    }
+    std::string known;
+    for (const auto& impl : implementations()) {
+        if (name == "auto" && impl.supported) return impl;
+        if (impl.name == name) {
+            if (!impl.supported)
+                throw std::invalid_argument("ISA '" + name + "' is not supported on this CPU");
+            return impl;
+        }
+        known += (known.empty() ? "" : ", ") + impl.name;
+    }
+    throw std::invalid_argument("unknown ISA '" + name + "' (XNORNET_ISA); this build has: " + known);
+}
+
+}  // namespace xnornet

@@ -1,0 +1,49 @@
+// The whole-network runtime: runs every op of a model file in one native call, no Python between
+// layers. Buffers are allocated once per input shape and reused; run() is thread-safe.
+#pragma once
+#include <cstdint>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include "core/model_file.h"
+#include "runtime/dispatch.h"
+
+namespace xnornet {
+
+class Engine {
+public:
+    // threads <= 0: all cores (OpenMP's default). isa: "" / "auto" / "avx512" / "avx2" / "generic".
+    Engine(Model model, int threads, const std::string& isa);
+    ~Engine();
+
+    // Raw pixels (N, H, W, C) uint8, normalized inside with the model's mean/std (needs an
+    // input op), or already-normalized float32 (N, C, H, W). out: output_shape(n, h, w) floats.
+    void run_u8_nhwc(const uint8_t* x, int n, int h, int w, int c, float* out);
+    void run_f32_nchw(const float* x, int n, int c, int h, int w, float* out);
+
+    // {n, classes} when the model ends in a head, else {n, C, H, W} of the last feature map.
+    std::vector<int64_t> output_shape(int n, int h, int w) const;
+    int input_channels() const;
+    bool has_input_normalization() const;
+    const std::vector<std::string>& class_names() const { return model_.class_names; }
+    const std::string& isa() const { return impl_->name; }
+    int threads() const { return threads_; }
+
+    struct Prepared;   // per-op weights in kernel layout
+    struct Workspace;  // per-shape plan and buffers
+private:
+    Workspace* acquire(int n, int h, int w);
+    void release(Workspace* ws);
+    void forward(Workspace& ws, float* out);
+
+    Model model_;
+    const Implementation* impl_;
+    int threads_;
+    std::vector<std::unique_ptr<Prepared>> prepared_;  // one per op
+    std::mutex pool_mutex_;
+    std::vector<std::unique_ptr<Workspace>> pool_;     // idle workspaces
+};
+
+}  // namespace xnornet
