@@ -1,10 +1,121 @@
-"""The native runtime's public face. Needs numpy only: importing it never imports torch."""
+"""The native runtime's public face. Needs numpy only: importing it never imports torch.
+
+    engine = Engine.load("model.xnor", threads=1)
+    logits = engine.run(images)     # uint8 (N, H, W, 3) raw pixels, or float32 (N, C, H, W) normalized
+    labels = engine.predict(images)
+
+Inputs are checked here, with errors that say what is wrong; the native side runs the whole
+graph in one call, without the GIL, so several threads may share one engine.
+"""
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
+import numpy as np
+
 from . import _engine
+from .modelfile import ModelFileError
 
 
 def cpu_features() -> dict[str, bool]:
     """ISA features the native kernels may use on this CPU: popcnt, avx2, avx512f, avx512bw,
     avx512_vpopcntdq. Each is true only when the CPU has it *and* the OS saves its registers."""
     return dict(_engine.cpu_features())
+
+
+def implementations() -> list[dict]:
+    """Kernel implementations in this build, best first: name, description, supported."""
+    return list(_engine.implementations())
+
+
+class Engine:
+    def __init__(self, native, source: str):
+        self._native = native
+        self.source = source
+
+    @classmethod
+    def load(cls, path, threads: int | None = None, isa: str | None = None) -> "Engine":
+        """Load a packed model file. threads: None = all cores. isa: None = $XNORNET_ISA or the
+        best this CPU supports; 'avx512', 'avx2' or 'generic' forces one (ValueError if the CPU
+        lacks it)."""
+        path = Path(path)
+        if not path.is_file():
+            raise ModelFileError(f"model file {path} does not exist")
+        return cls.from_bytes(path.read_bytes(), threads, isa, str(path))
+
+    @classmethod
+    def from_bytes(cls, data: bytes, threads: int | None = None, isa: str | None = None,
+                   source: str = "model") -> "Engine":
+        if threads is not None and (not isinstance(threads, int) or threads < 1):
+            raise ValueError(f"threads must be a positive int or None, got {threads!r}")
+        try:
+            native = _engine.Engine(bytes(data), threads or 0, isa or "")
+        except ValueError as e:
+            msg = str(e)
+            if "ISA" in msg:
+                raise ValueError(msg) from None
+            raise ModelFileError(f"{source}: {msg}") from None
+        return cls(native, source)
+
+    @property
+    def isa(self) -> str:
+        return self._native.isa
+
+    @property
+    def threads(self) -> int:
+        return self._native.threads
+
+    @property
+    def class_names(self) -> list[str]:
+        return list(self._native.class_names)
+
+    def run(self, images) -> np.ndarray:
+        """Logits (N, classes) as float32; or the last feature map (N, C, H, W) for a model
+        without a classifier head."""
+        x = np.asarray(images)
+        if x.ndim != 4:
+            raise ValueError(f"images must be 4-d: uint8 (N, H, W, C) or float32 (N, C, H, W); "
+                             f"got shape {x.shape}")
+        if x.dtype == np.uint8:
+            if not self._native.has_input_normalization:
+                raise ValueError("this model has no input normalization: pass float32 (N, C, H, W)")
+            n, h, w, c = x.shape
+            run = self._native.run_u8_nhwc
+        elif np.issubdtype(x.dtype, np.floating):
+            n, c, h, w = x.shape
+            x = x.astype(np.float32, copy=False)
+            if not np.isfinite(x).all():
+                raise ValueError("images contain NaN or Inf")
+            run = self._native.run_f32_nchw
+        else:
+            raise ValueError(f"images must be uint8 (raw pixels) or float32 (normalized); got {x.dtype}")
+        want = self._native.input_channels
+        if c != want:
+            layout = "(N, H, W, C)" if x.dtype == np.uint8 else "(N, C, H, W)"
+            raise ValueError(f"expected {want} channels in {layout}, got shape {x.shape}")
+        if min(h, w) < 1:
+            raise ValueError(f"images have no pixels: shape {x.shape}")
+        out = np.empty(self._native.output_shape(n, h, w), np.float32)
+        if n == 0:
+            return out
+        try:
+            run(np.ascontiguousarray(x), out)
+        except ValueError as e:  # shape the graph cannot take (too small, odd sizes with strides)
+            raise ValueError(f"{e} (input shape {x.shape})") from None
+        return out
+
+    def predict(self, images) -> np.ndarray:
+        """Top-1 class index per image, int64 (N,)."""
+        return self.run(images).argmax(axis=1).astype(np.int64)
+
+    def __repr__(self):
+        return f"Engine({self.source!r}, isa={self.isa!r}, threads={self.threads})"
+
+
+def default_isa() -> str:
+    """The implementation Engine.load would pick now (honours $XNORNET_ISA)."""
+    forced = os.environ.get("XNORNET_ISA")
+    if forced:
+        return forced
+    return next(i["name"] for i in implementations() if i["supported"])

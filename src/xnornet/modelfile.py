@@ -1,0 +1,162 @@
+"""The packed model file (.xnor): write and read it with numpy only. Format: docs/model-format.md.
+
+A model file is a list of ops, each with a few integer parameters and some tensors:
+
+    INPUT   params [H, W, C]                          tensors mean[C], std[C]
+    CONV_FP params [cin, cout, k, stride, pad, relu, residual]
+            tensors weight f32[cout,k,k,cin], scale[cout], bias[cout]
+            y = conv(x) * scale + bias (+ shortcut(x)), then ReLU if relu
+    BCONV   params [cin, cout, k, stride, pad, relu, residual]
+            tensors in_scale[cin], in_bias[cin], weight u64[cout,k,k,P], out_scale[cout], out_bias[cout]
+            b = +1 where x*in_scale + in_bias >= 0 else -1;  dot = conv(b, sign(W)) with zero padding
+            y = dot * out_scale + out_bias (+ shortcut(x)), then ReLU if relu
+    HEAD    params [cin, classes]
+            tensors scale[cin], bias[cin], weight f32[classes,cin], bias f32[classes], names u8[]
+            logits = weight @ mean_hw(relu(x*scale + bias)) + bias
+
+shortcut: 0 none, 1 identity, 2 average-pool(stride) then channels repeated cout/cin times.
+Packed bits: bit j of word p is channel 64p+j; 1 means +1; bits past cin are 0.
+"""
+from __future__ import annotations
+
+import struct
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .errors import XnornetError
+
+MAGIC = b"XNORNET\x00"
+VERSION = 1
+HEADER_BYTES, OP_BYTES, TENSOR_BYTES, ALIGN = 64, 64, 32, 64
+INPUT, CONV_FP, BCONV, HEAD = 1, 2, 3, 4
+OP_NAMES = {INPUT: "input", CONV_FP: "conv_fp", BCONV: "bconv", HEAD: "head"}
+RES_NONE, RES_IDENTITY, RES_DOWNSAMPLE = 0, 1, 2
+_DTYPES = {1: np.dtype("<f4"), 2: np.dtype("<u8"), 3: np.dtype("u1")}
+_DTYPE_CODES = {v: k for k, v in _DTYPES.items()}
+_HEADER = struct.Struct("<8sIIQIII")  # magic, version, header bytes, file bytes, crc, ops, tensors
+_OP = struct.Struct("<II10iII8x")    # kind, n_params, params[10], first tensor, tensor count
+_TENSOR = struct.Struct("<II4IQ")    # dtype, ndim, dims[4], offset
+
+
+class ModelFileError(XnornetError, ValueError):
+    """A model file is missing, truncated, corrupt or of another version."""
+
+
+@dataclass
+class Op:
+    kind: int
+    params: list[int]
+    tensors: list[np.ndarray] = field(default_factory=list)
+
+    @property
+    def name(self) -> str:
+        return OP_NAMES.get(self.kind, f"op{self.kind}")
+
+
+def pack_bits(positive: np.ndarray) -> np.ndarray:
+    """(..., C) bool (True = +1) -> (..., ceil(C/64)) uint64, bit j of word p = channel 64p+j."""
+    c = positive.shape[-1]
+    words = (c + 63) // 64
+    padded = np.zeros(positive.shape[:-1] + (words * 64,), np.uint8)
+    padded[..., :c] = positive
+    as_bytes = np.packbits(padded.reshape(-1, words * 64), axis=-1, bitorder="little")
+    return as_bytes.view("<u8").reshape(positive.shape[:-1] + (words,))
+
+
+def unpack_bits(words: np.ndarray, c: int) -> np.ndarray:
+    """Inverse of pack_bits: (..., P) uint64 -> (..., c) bool."""
+    as_bytes = np.ascontiguousarray(words, dtype="<u8").view(np.uint8)
+    bits = np.unpackbits(as_bytes.reshape(-1, words.shape[-1] * 8), axis=-1, bitorder="little")
+    return bits[:, :c].astype(bool).reshape(words.shape[:-1] + (c,))
+
+
+def to_bytes(ops: list[Op]) -> bytes:
+    tensors = [np.ascontiguousarray(t) for op in ops for t in op.tensors]
+    data_at = HEADER_BYTES + OP_BYTES * len(ops) + TENSOR_BYTES * len(tensors)
+    offset = -(-data_at // ALIGN) * ALIGN
+    table, blobs, first = [], [], 0
+    op_table = b""
+    for op in ops:
+        params = list(op.params) + [0] * (10 - len(op.params))
+        op_table += _OP.pack(op.kind, len(op.params), *params, first, len(op.tensors))
+        first += len(op.tensors)
+    for t in tensors:
+        dtype = t.dtype.newbyteorder("<") if t.dtype.byteorder == ">" else t.dtype
+        if dtype not in _DTYPE_CODES or t.ndim > 4:
+            raise ModelFileError(f"cannot store a {t.dtype} tensor of {t.ndim} dims")
+        dims = list(t.shape) + [0] * (4 - t.ndim)
+        table.append(_TENSOR.pack(_DTYPE_CODES[dtype], t.ndim, *dims, offset))
+        blobs.append((offset, t.astype(dtype, copy=False).tobytes()))
+        offset = -(-(offset + t.nbytes) // ALIGN) * ALIGN
+    body = bytearray(offset - HEADER_BYTES)
+    body[:len(op_table)] = op_table
+    tt = b"".join(table)
+    body[len(op_table):len(op_table) + len(tt)] = tt
+    for at, blob in blobs:
+        body[at - HEADER_BYTES:at - HEADER_BYTES + len(blob)] = blob
+    header = _HEADER.pack(MAGIC, VERSION, HEADER_BYTES, offset, zlib.crc32(body), len(ops),
+                          len(tensors))
+    return header.ljust(HEADER_BYTES, b"\0") + bytes(body)
+
+
+def write_model(path, ops: list[Op]) -> int:
+    """Write ops to path atomically; returns the file size in bytes."""
+    data = to_bytes(ops)
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_bytes(data)
+    tmp.replace(path)
+    return len(data)
+
+
+def from_bytes(data: bytes, source: str = "model") -> list[Op]:
+    """Parse and check a model file (header, checksum, tables, bounds). Raises ModelFileError."""
+    def fail(msg):
+        raise ModelFileError(f"{source}: invalid model file: {msg}")
+    if len(data) < HEADER_BYTES:
+        fail(f"{len(data)} bytes, shorter than the header")
+    magic, version, hbytes, size, crc, n_ops, n_tensors = _HEADER.unpack_from(data)
+    if magic != MAGIC:
+        fail("bad magic (not an xnornet model file)")
+    if version != VERSION:
+        fail(f"format version {version}, this xnornet reads version {VERSION}")
+    if hbytes != HEADER_BYTES or size != len(data):
+        fail(f"header says {size} bytes, file has {len(data)} (truncated or padded)")
+    if zlib.crc32(data[HEADER_BYTES:]) != crc:
+        fail("checksum mismatch (corrupt body)")
+    tensors_at = HEADER_BYTES + OP_BYTES * n_ops
+    if n_ops == 0 or tensors_at + TENSOR_BYTES * n_tensors > len(data):
+        fail("op/tensor tables run past the end of the file")
+    tensors = []
+    for i in range(n_tensors):
+        code, ndim, *dims, offset = _TENSOR.unpack_from(data, tensors_at + TENSOR_BYTES * i)
+        if code not in _DTYPES or ndim > 4:
+            fail(f"tensor {i}: unknown dtype or too many dims")
+        shape = tuple(dims[:ndim])
+        nbytes = int(np.prod(shape, dtype=np.uint64)) * _DTYPES[code].itemsize
+        if offset % ALIGN or offset + nbytes > len(data):
+            fail(f"tensor {i}: data out of bounds or misaligned")
+        tensors.append(np.frombuffer(data, _DTYPES[code], int(np.prod(shape)), offset).reshape(shape))
+    ops = []
+    for i in range(n_ops):
+        kind, n_params, *rest = _OP.unpack_from(data, HEADER_BYTES + OP_BYTES * i)
+        params, first, count = rest[:10], rest[10], rest[11]
+        if first + count > n_tensors or n_params > 10:
+            fail(f"op {i}: tensor range out of bounds")
+        ops.append(Op(kind, list(params[:n_params]), tensors[first:first + count]))
+    return ops
+
+
+def read_model(path) -> list[Op]:
+    path = Path(path)
+    if not path.is_file():
+        raise ModelFileError(f"model file {path} does not exist")
+    return from_bytes(path.read_bytes(), str(path))
+
+
+def class_names(ops: list[Op]) -> list[str]:
+    head = ops[-1]
+    return bytes(head.tensors[4]).decode().split("\n") if head.kind == HEAD else []
