@@ -1,5 +1,6 @@
-// Binary convolution kernels: one output row of XOR-popcount sums. One implementation per ISA,
-// identical signatures; runtime/dispatch.cpp picks one. Knows nothing of Python.
+// Per-ISA kernels. One translation unit per ISA (generic, avx2, avx512) with identical
+// signatures; only that unit gets the ISA's compiler flags; runtime/dispatch.cpp picks one.
+// Knows nothing of Python.
 //
 // Layouts (N, H, W, C as everywhere; P = 64-bit words per pixel = ceil(C_in / 64)):
 //   act  padded input image, [Hp][Wp][P]: bit j of word p is channel 64p+j, 1 = (+1), 0 = (-1);
@@ -10,9 +11,9 @@
 #pragma once
 #include <cstdint>
 
-namespace xnornet {
+#include "runtime/layer.h"
 
-constexpr int kLanes = 8;  // output channels per interleaved weight block
+namespace xnornet {
 
 struct BConvRow {
     const uint64_t* act;  // top-left of the padded input image
@@ -25,26 +26,19 @@ struct BConvRow {
     int32_t* pop;         // out_w * cout_blocks * kLanes
 };
 
-using BConvRowFn = void (*)(const BConvRow&);
+struct Kernels {
+    // XOR-popcount sums of one output row (the inner loop of a binary conv).
+    void (*bconv_row)(const BConvRow&);
+    // One whole output row of a layer: conv (binary or float), epilogue (scale, bias, shortcut,
+    // ReLU), float output and packing for the next binary conv. img, oy: which row.
+    void (*layer_row)(const Layer&, const LayerIO&, int img, int oy, Scratch&);
+    // Pack rows of a float NHWC tensor for the binary conv `next` (when the graph starts with one).
+    void (*pack_row)(const float* y, int C, int H, int W, const Op& next, uint64_t* bits_out,
+                     int img, int oy);
+};
 
-void bconv_row_generic(const BConvRow& a);
-void bconv_row_avx2(const BConvRow& a);
-void bconv_row_avx512(const BConvRow& a);
-
-// The scalar body all kernels fall back to for leftover tiles.
-inline void bconv_tile_scalar(const BConvRow& a, int ox, int ob) {
-    const int kk = a.k * a.k, P = a.words;
-    int32_t acc[kLanes] = {0};
-    for (int ky = 0; ky < a.k; ++ky)
-        for (int kx = 0; kx < a.k; ++kx) {
-            const uint64_t* x = a.act + ((a.oy * a.stride + ky) * a.wp + ox * a.stride + kx) * P;
-            const uint64_t* w = a.w + ((ob * kk + ky * a.k + kx) * P) * kLanes;
-            for (int p = 0; p < P; ++p)
-                for (int l = 0; l < kLanes; ++l)
-                    acc[l] += __builtin_popcountll(x[p] ^ w[p * kLanes + l]);
-        }
-    int32_t* out = a.pop + (ox * a.cout_blocks + ob) * kLanes;
-    for (int l = 0; l < kLanes; ++l) out[l] = acc[l];
-}
+extern const Kernels kernels_generic;
+extern const Kernels kernels_avx2;
+extern const Kernels kernels_avx512;
 
 }  // namespace xnornet

@@ -3,12 +3,15 @@
 // Blocking: R pixels x one block of 8 output channels (two ymm of 4 lanes each).
 #include <immintrin.h>
 
+#include <algorithm>
+#include <cstring>
+
 #include "kernels/bconv.h"
 
 namespace xnornet {
-namespace {
+namespace avx2 {
 
-inline __m256i popcnt64(__m256i v) {  // per 64-bit lane
+static inline __m256i popcnt64(__m256i v) {  // per 64-bit lane
     const __m256i lut = _mm256_setr_epi8(0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4,
                                          0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4);
     const __m256i low = _mm256_set1_epi8(0x0f);
@@ -18,7 +21,7 @@ inline __m256i popcnt64(__m256i v) {  // per 64-bit lane
 }
 
 template <int R>
-void tile(const BConvRow& a, int ox0, int ob) {
+static void tile(const BConvRow& a, int ox0, int ob) {
     const int kk = a.k * a.k, P = a.words;
     __m256i acc[R][2];
     for (int r = 0; r < R; ++r) acc[r][0] = acc[r][1] = _mm256_setzero_si256();
@@ -47,9 +50,7 @@ void tile(const BConvRow& a, int ox0, int ob) {
     }
 }
 
-}  // namespace
-
-void bconv_row_avx2(const BConvRow& a) {
+static void bconv_row(const BConvRow& a) {
     constexpr int R = 4;
     for (int ob = 0; ob < a.cout_blocks; ++ob) {
         int ox = 0;
@@ -57,5 +58,11 @@ void bconv_row_avx2(const BConvRow& a) {
         for (; ox < a.out_w; ++ox) tile<1>(a, ox, ob);
     }
 }
+
+#include "kernels/layer_rows.inc"
+
+}  // namespace avx2
+
+const Kernels kernels_avx2 = {avx2::bconv_row, avx2::layer_row, avx2::pack_row};
 
 }  // namespace xnornet

@@ -4,13 +4,16 @@
 // and word and reused for R pixels; each activation word is broadcast once and reused V times.
 #include <immintrin.h>
 
+#include <algorithm>
+#include <cstring>
+
 #include "kernels/bconv.h"
 
 namespace xnornet {
-namespace {
+namespace avx512 {
 
 template <int R, int V>
-void tile(const BConvRow& a, int ox0, int ob0) {
+static void tile(const BConvRow& a, int ox0, int ob0) {
     const int kk = a.k * a.k, P = a.words;
     __m512i acc[R][V];
     for (int r = 0; r < R; ++r)
@@ -40,9 +43,7 @@ void tile(const BConvRow& a, int ox0, int ob0) {
                 _mm512_cvtepi64_epi32(acc[r][v]));
 }
 
-}  // namespace
-
-void bconv_row_avx512(const BConvRow& a) {
+static void bconv_row(const BConvRow& a) {
     constexpr int R = 4, V = 4;
     int ob = 0;
     for (; ob + V <= a.cout_blocks; ob += V) {
@@ -56,5 +57,11 @@ void bconv_row_avx512(const BConvRow& a) {
         for (; ox < a.out_w; ++ox) tile<1, 1>(a, ox, ob);
     }
 }
+
+#include "kernels/layer_rows.inc"
+
+}  // namespace avx512
+
+const Kernels kernels_avx512 = {avx512::bconv_row, avx512::layer_row, avx512::pack_row};
 
 }  // namespace xnornet

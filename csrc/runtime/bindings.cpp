@@ -79,6 +79,8 @@ NB_MODULE(_engine, m) {
         .def_prop_ro("input_channels", &Engine::input_channels)
         .def_prop_ro("has_input_normalization", &Engine::has_input_normalization)
         .def("output_shape", &Engine::output_shape)
+        .def("set_profiling", &Engine::set_profiling)
+        .def("last_profile", &Engine::last_profile)
         .def("run_u8_nhwc", [](Engine& e, U8Images x, F32Out out) {
             const int n = int(x.shape(0)), h = int(x.shape(1)), w = int(x.shape(2)), c = int(x.shape(3));
             check_out(e, out, n, h, w);

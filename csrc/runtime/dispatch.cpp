@@ -13,13 +13,13 @@ const std::vector<Implementation>& implementations() {
         std::vector<Implementation> t;
 #ifdef XNORNET_X86_KERNELS
         t.push_back({"avx512", "AVX-512F + VPOPCNTDQ: 8 output channels per zmm, 4x4 register tile",
-                     bconv_row_avx512, f.avx512f && f.avx512_vpopcntdq});
+                     &kernels_avx512, f.avx512f && f.avx512_vpopcntdq});
         t.push_back({"avx2", "AVX2: nibble-LUT popcount (vpshufb + vpsadbw), 4-pixel tile",
-                     bconv_row_avx2, f.avx2});
+                     &kernels_avx2, f.avx2});
 #else
         (void)f;
 #endif
-        t.push_back({"generic", "portable C++ (any 64-bit CPU)", bconv_row_generic, true});
+        t.push_back({"generic", "portable C++ (any 64-bit CPU)", &kernels_generic, true});
         return t;
     }();
     return table;

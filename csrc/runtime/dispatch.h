@@ -12,7 +12,7 @@ namespace xnornet {
 struct Implementation {
     std::string name;         // "avx512", "avx2", "generic"
     std::string description;
-    BConvRowFn bconv_row;
+    const Kernels* kernels;
     bool supported;           // compiled in and usable on this CPU
 };
 

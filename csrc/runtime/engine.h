@@ -9,6 +9,7 @@
 
 #include "core/model_file.h"
 #include "runtime/dispatch.h"
+#include "runtime/layer.h"
 
 namespace xnornet {
 
@@ -22,6 +23,9 @@ public:
     // input op), or already-normalized float32 (N, C, H, W). out: output_shape(n, h, w) floats.
     void run_u8_nhwc(const uint8_t* x, int n, int h, int w, int c, float* out);
     void run_f32_nchw(const float* x, int n, int c, int h, int w, float* out);
+    // Seconds spent in each compute op of the last run on this thread's call, when profiling.
+    void set_profiling(bool on) { profiling_ = on; }
+    std::vector<double> last_profile();
 
     // {n, classes} when the model ends in a head, else {n, C, H, W} of the last feature map.
     std::vector<int64_t> output_shape(int n, int h, int w) const;
@@ -31,12 +35,12 @@ public:
     const std::string& isa() const { return impl_->name; }
     int threads() const { return threads_; }
 
-    struct Prepared;   // per-op weights in kernel layout
     struct Workspace;  // per-shape plan and buffers
 private:
     Workspace* acquire(int n, int h, int w);
     void release(Workspace* ws);
     void forward(Workspace& ws, float* out);
+    void record_profile(std::vector<double> times);
 
     Model model_;
     const Implementation* impl_;
@@ -44,6 +48,8 @@ private:
     std::vector<std::unique_ptr<Prepared>> prepared_;  // one per op
     std::mutex pool_mutex_;
     std::vector<std::unique_ptr<Workspace>> pool_;     // idle workspaces
+    bool profiling_ = false;
+    std::vector<double> profile_;                      // guarded by pool_mutex_
 };
 
 }  // namespace xnornet

@@ -1,0 +1,51 @@
+// What the executor hands to the per-ISA row kernels: a layer planned for one input shape, its
+// prepared weights, and where its output row goes. Shared by runtime/ and kernels/.
+#pragma once
+#include <cstdint>
+#include <vector>
+
+#include "core/model_file.h"
+
+namespace xnornet {
+
+constexpr int kLanes = 8;  // output channels per interleaved binary weight block
+
+// Per-op weights in kernel layout.
+struct Prepared {
+    // ConvFP: weights as [k*k*cin][cout] (patch-major) so the inner loop runs over outputs.
+    std::vector<float> fp_weight;
+    // BConv: [cout/8][k*k][P][8] (see kernels/bconv.h) and, per output channel and tap, the
+    // popcount of that tap's weight words: what a zero (border) input word adds to the sum.
+    std::vector<uint64_t> bin_weight;
+    std::vector<int32_t> tap_popcount;  // [cout][k*k]
+    int words = 0, cout_blocks = 0;
+};
+
+struct Layer {
+    const Op* op;
+    const Prepared* prep;
+    int in_h, in_w, out_h, out_w;
+    bool float_out;        // the next op (or the caller) needs this op's float output
+    const Op* next_bconv;  // pack the output for this binary conv (null: don't)
+    // BConv only: border classes of output rows/columns and, per (row class, column class), the
+    // number of valid taps and per output channel the weight popcount on invalid taps.
+    std::vector<int> row_class, col_class;
+    int col_classes = 0;
+    std::vector<int> valid_taps;
+    std::vector<int32_t> invalid_popcount;  // [class][cout]
+};
+
+// Inputs and outputs of one layer for one batch, and per-thread scratch.
+struct LayerIO {
+    const float* act_in;      // NHWC float input
+    const uint64_t* bits_in;  // packed, zero-bordered input (BConv)
+    float* act_out;           // NHWC float output, or null when no one needs it
+    uint64_t* bits_out;       // packed output for L.next_bconv, or null
+};
+
+struct Scratch {
+    int32_t* pop;  // out_w * cout_pad
+    float* row;    // out_w * max(cout, k*k*cin)
+};
+
+}  // namespace xnornet
