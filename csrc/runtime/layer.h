@@ -8,7 +8,8 @@
 
 namespace xnornet {
 
-constexpr int kLanes = 8;  // output channels per interleaved binary weight block
+constexpr int kLanes = 8;        // output channels per interleaved binary weight block
+constexpr int kPatchPixels = 4;  // output pixels per float conv register tile
 
 // Per-op weights in kernel layout.
 struct Prepared {
@@ -45,7 +46,7 @@ struct LayerIO {
 
 struct Scratch {
     int32_t* pop;  // out_w * cout_pad
-    float* row;    // out_w * max(cout, k*k*cin)
+    float* row;    // out_w * cout (the row, unless written in place) + kPatchPixels * k*k*cin
 };
 
 }  // namespace xnornet
