@@ -110,14 +110,22 @@ void head(const Layer& L, const float* in, int n, float* out) {
 
 }  // namespace
 
-// Per input shape: the planned layers and every buffer a run needs, allocated once.
-struct Engine::Workspace {
-    int n, h, w;
-    std::vector<Layer> layers;
+struct Engine::Buffers {
     std::vector<float> act[2];      // float activations, NHWC (ping-pong)
     std::vector<uint64_t> bits[2];  // packed activations, [N][H+2p][W+2p][P] (ping-pong)
+};
+
+// Per input shape: the planned layers and every buffer a run needs, allocated once.
+// Batches of at least `threads` images run image-major: each thread takes whole images through
+// the whole graph in its own small buffers, which stay in its cache. Smaller batches run
+// row-major: all threads share each layer's rows, in buffers for the whole batch.
+struct Engine::Workspace {
+    int n, h, w;
+    bool image_major;
+    std::vector<Layer> layers;
+    std::vector<Buffers> buffers;   // one per thread (image-major) or one for the batch
     std::vector<int32_t> pop;       // per thread: popcount row
-    std::vector<float> row;         // per thread: output row + float conv patch
+    std::vector<float> row;         // per thread: output row + float conv patches
     size_t pop_stride = 0, row_stride = 0;
 };
 
@@ -198,8 +206,13 @@ Engine::Workspace* Engine::acquire(int n, int h, int w) {
         }
         ws->layers.push_back(std::move(L));
     }
-    for (auto& a : ws->act) a.assign(max_act, 0.f);
-    for (auto& b : ws->bits) b.assign(max_bits, 0);
+    ws->image_major = n >= threads_;
+    const size_t group = ws->image_major ? 1 : n;  // images per buffer set
+    ws->buffers.resize(ws->image_major ? threads_ : 1);
+    for (Buffers& b : ws->buffers) {
+        for (auto& a : b.act) a.assign(max_act / n * group, 0.f);
+        for (auto& bb : b.bits) bb.assign(max_bits / n * group, 0);
+    }
     ws->pop_stride = max_pop, ws->row_stride = max_row;
     ws->pop.assign(max_pop * threads_, 0);
     ws->row.assign(max_row * threads_, 0.f);
@@ -222,60 +235,83 @@ std::vector<double> Engine::last_profile() {
     return profile_;
 }
 
-void Engine::forward(Workspace& ws, float* out) {
+void Engine::run_graph(Workspace& ws, Buffers& buf, int n, int first_img, float* out,
+                       bool parallel, std::vector<double>* times) {
     using clock = std::chrono::steady_clock;
-    const int n = ws.n;
     const Kernels& K = *impl_->kernels;
-    std::vector<double> times;
+    const int threads = parallel ? threads_ : 1;
     auto mark = clock::now();
-    auto lap = [&] {
-        if (!profiling_) return;
+    auto lap = [&](size_t i) {
+        if (!times) return;
         const auto now = clock::now();
-        times.push_back(std::chrono::duration<double>(now - mark).count());
+        (*times)[i] += std::chrono::duration<double>(now - mark).count();
         mark = now;
     };
+    auto scratch = [&](int t) {
+        return Scratch{ws.pop.data() + size_t(t) * ws.pop_stride, ws.row.data() + size_t(t) * ws.row_stride};
+    };
+    const int me = omp_get_thread_num();  // the scratch slot of a serial (image-major) caller
     int fa = 0, ba = 0;  // which float / bits buffer holds the current input
     const Layer& first = ws.layers.front();
     if (first.op->kind == OpKind::BConv) {
         // No op before the first binary conv: pack the input here, as an epilogue would.
         const int C = first.op->cin;
-#pragma omp parallel for schedule(static) num_threads(threads_)
+#pragma omp parallel for schedule(static) num_threads(threads) if (parallel)
         for (int r = 0; r < n * first.in_h; ++r) {
             const int img = r / first.in_h, yy = r % first.in_h;
-            K.pack_row(ws.act[0].data() + (size_t(img) * first.in_h + yy) * first.in_w * C, C,
-                       first.in_h, first.in_w, *first.op, ws.bits[0].data(), img, yy);
+            K.pack_row(buf.act[0].data() + (size_t(img) * first.in_h + yy) * first.in_w * C, C,
+                       first.in_h, first.in_w, *first.op, buf.bits[0].data(), img, yy);
         }
     }
-    for (const Layer& L : ws.layers) {
-        const float* in = ws.act[fa].data();
+    for (size_t li = 0; li < ws.layers.size(); ++li) {
+        const Layer& L = ws.layers[li];
+        const float* in = buf.act[fa].data();
         if (L.op->kind == OpKind::Head) {
-#pragma omp parallel for schedule(static) num_threads(threads_)
-            for (int i = 0; i < n; ++i) head(L, in, i, out);
-            lap();
-            if (profiling_) record_profile(std::move(times));
+#pragma omp parallel for schedule(static) num_threads(threads) if (parallel)
+            for (int i = 0; i < n; ++i) head(L, in, i, out + size_t(first_img) * L.op->cout);
+            lap(li);
             return;
         }
-        const LayerIO io{in, ws.bits[ba].data(), L.float_out ? ws.act[1 - fa].data() : nullptr,
-                         L.next_bconv ? ws.bits[1 - ba].data() : nullptr};
-#pragma omp parallel for schedule(static) num_threads(threads_)
+        const LayerIO io{in, buf.bits[ba].data(), L.float_out ? buf.act[1 - fa].data() : nullptr,
+                         L.next_bconv ? buf.bits[1 - ba].data() : nullptr};
+#pragma omp parallel for schedule(static) num_threads(threads) if (parallel)
         for (int r = 0; r < n * L.out_h; ++r) {
-            const int t = omp_get_thread_num();
-            Scratch scratch{ws.pop.data() + size_t(t) * ws.pop_stride,
-                            ws.row.data() + size_t(t) * ws.row_stride};
-            K.layer_row(L, io, r / L.out_h, r % L.out_h, scratch);
+            Scratch s = scratch(parallel ? omp_get_thread_num() : me);
+            K.layer_row(L, io, r / L.out_h, r % L.out_h, s);
         }
         fa = 1 - fa;
         if (L.next_bconv) ba = 1 - ba;
-        lap();
+        lap(li);
     }
-    // No head: return the last feature map as NCHW.
+    // No head: the last feature map, as NCHW.
     const Layer& last = ws.layers.back();
     const int C = last.op->cout, HW = last.out_h * last.out_w;
-    const float* a = ws.act[fa].data();
+    const float* a = buf.act[fa].data();
     for (int i = 0; i < n; ++i)
         for (int p = 0; p < HW; ++p)
-            for (int c = 0; c < C; ++c) out[(size_t(i) * C + c) * HW + p] = a[(size_t(i) * HW + p) * C + c];
-    if (profiling_) record_profile(std::move(times));
+            for (int c = 0; c < C; ++c)
+                out[(size_t(first_img + i) * C + c) * HW + p] = a[(size_t(i) * HW + p) * C + c];
+}
+
+void Engine::execute(Workspace& ws, const std::function<void(float*, int)>& fill, float* out) {
+    std::vector<double> times(profiling_ ? ws.layers.size() : 0, 0.0);
+    std::vector<double>* t = profiling_ ? &times : nullptr;
+    const size_t image_floats = size_t(ws.h) * ws.w * input_channels();
+    if (ws.image_major) {
+#pragma omp parallel for schedule(dynamic, 1) num_threads(threads_)
+        for (int img = 0; img < ws.n; ++img) {
+            const int me = omp_get_thread_num();
+            Buffers& buf = ws.buffers[me];
+            fill(buf.act[0].data(), img);
+            run_graph(ws, buf, 1, img, out, false, me == 0 ? t : nullptr);  // thread 0's share
+        }
+    } else {
+        Buffers& buf = ws.buffers[0];
+#pragma omp parallel for schedule(static) num_threads(threads_)
+        for (int img = 0; img < ws.n; ++img) fill(buf.act[0].data() + img * image_floats, img);
+        run_graph(ws, buf, ws.n, 0, out, true, t);
+    }
+    if (t) record_profile(std::move(times));
 }
 
 namespace {
@@ -290,24 +326,25 @@ void Engine::run_u8_nhwc(const uint8_t* x, int n, int h, int w, int c, float* ou
     WorkspaceGuard ws(acquire(n, h, w), [this](Workspace* p) { release(p); });
     const float* mean = in.tensors[0].f32();
     const float* stdv = in.tensors[1].f32();
-    float* a = ws->act[0].data();
-    const size_t total = size_t(n) * h * w;
-    for (size_t i = 0; i < total; ++i)
-        for (int ch = 0; ch < c; ++ch)
-            a[i * c + ch] = (float(x[i * c + ch]) / 255.f - mean[ch]) / stdv[ch];
-    forward(*ws, out);
+    const size_t pixels = size_t(h) * w;
+    execute(*ws, [&](float* dst, int img) {
+        const uint8_t* src = x + size_t(img) * pixels * c;
+        for (size_t i = 0; i < pixels; ++i)
+            for (int ch = 0; ch < c; ++ch)
+                dst[i * c + ch] = (float(src[i * c + ch]) / 255.f - mean[ch]) / stdv[ch];
+    }, out);
 }
 
 void Engine::run_f32_nchw(const float* x, int n, int c, int h, int w, float* out) {
     if (c != input_channels())
         throw std::invalid_argument("expected " + std::to_string(input_channels()) + " channels");
     WorkspaceGuard ws(acquire(n, h, w), [this](Workspace* p) { release(p); });
-    float* a = ws->act[0].data();
     const size_t hw = size_t(h) * w;
-    for (int i = 0; i < n; ++i)
+    execute(*ws, [&](float* dst, int img) {
+        const float* src = x + size_t(img) * c * hw;
         for (int ch = 0; ch < c; ++ch)
-            for (size_t p = 0; p < hw; ++p) a[(size_t(i) * hw + p) * c + ch] = x[(size_t(i) * c + ch) * hw + p];
-    forward(*ws, out);
+            for (size_t p = 0; p < hw; ++p) dst[p * c + ch] = src[ch * hw + p];
+    }, out);
 }
 
 }  // namespace xnornet

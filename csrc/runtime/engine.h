@@ -2,6 +2,7 @@
 // layers. Buffers are allocated once per input shape and reused; run() is thread-safe.
 #pragma once
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -39,7 +40,11 @@ public:
 private:
     Workspace* acquire(int n, int h, int w);
     void release(Workspace* ws);
-    void forward(Workspace& ws, float* out);
+    struct Buffers;    // activations for a group of images
+    // fill(dst, img): write image img as normalized float NHWC into dst.
+    void execute(Workspace& ws, const std::function<void(float*, int)>& fill, float* out);
+    void run_graph(Workspace& ws, Buffers& buf, int n, int first_img, float* out, bool parallel,
+                   std::vector<double>* times);
     void record_profile(std::vector<double> times);
 
     Model model_;
