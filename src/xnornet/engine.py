@@ -9,13 +9,29 @@ graph in one call, without the GIL, so several threads may share one engine.
 """
 from __future__ import annotations
 
+import importlib.util
 import os
 from pathlib import Path
 
 import numpy as np
 
-from . import _engine
 from .modelfile import ModelFileError
+
+
+def _load_native():
+    """The compiled extension; $XNORNET_NATIVE_LIB may name another build of it (the sanitizer
+    job loads an ASan/UBSan build this way)."""
+    path = os.environ.get("XNORNET_NATIVE_LIB")
+    if not path:
+        from . import _engine
+        return _engine
+    spec = importlib.util.spec_from_file_location("xnornet._engine", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+_engine = _load_native()
 
 
 def cpu_features() -> dict[str, bool]:

@@ -1,0 +1,166 @@
+"""The native engine against the numpy reference (tests/reference.py), op by op and for whole
+models, on awkward shapes and every ISA this CPU supports; export; the file round trip."""
+import numpy as np
+import pytest
+import torch
+
+import reference
+from xnornet import modelfile as mf
+from xnornet.checkpoint import load_model, save_checkpoint
+from xnornet.engine import Engine, implementations
+from xnornet.export import export_model
+from xnornet.filemodel import FileModel
+from xnornet.models import build_model
+
+ISAS = [i["name"] for i in implementations() if i["supported"]]
+RNG = np.random.default_rng(0)
+
+
+def bconv_op(cin, cout, stride=1, residual=mf.RES_NONE, relu=False, k=3, pad=1, rng=RNG):
+    bits = mf.pack_bits(rng.random((cout, k, k, cin)) < 0.5)
+    # in_scale of both signs: the comparison direction flips with it
+    in_s = rng.choice([-1.0, 1.0], cin) * rng.uniform(0.5, 2, cin)
+    return mf.Op(mf.BCONV, [cin, cout, k, stride, pad, int(relu), residual],
+                 [in_s.astype(np.float32), rng.normal(0, 0.3, cin).astype(np.float32), bits,
+                  rng.uniform(0.01, 0.1, cout).astype(np.float32),
+                  rng.normal(0, 1, cout).astype(np.float32)])
+
+
+def conv_fp_op(cin, cout, stride=1, residual=mf.RES_NONE, relu=False, rng=RNG):
+    return mf.Op(mf.CONV_FP, [cin, cout, 3, stride, 1, int(relu), residual],
+                 [rng.normal(0, 0.3, (cout, 3, 3, cin)).astype(np.float32),
+                  rng.uniform(0.5, 1.5, cout).astype(np.float32),
+                  rng.normal(0, 0.5, cout).astype(np.float32)])
+
+
+def head_op(cin, classes, rng=RNG):
+    names = "\n".join(f"c{i}" for i in range(classes)).encode()
+    return mf.Op(mf.HEAD, [cin, classes],
+                 [rng.uniform(0.5, 1.5, cin).astype(np.float32), rng.normal(0, 0.5, cin).astype(np.float32),
+                  rng.normal(0, 0.3, (classes, cin)).astype(np.float32),
+                  rng.normal(0, 0.1, classes).astype(np.float32), np.frombuffer(names, np.uint8)])
+
+
+def check(ops, x, isa, threads, atol=2e-4):
+    engine = Engine.from_bytes(mf.to_bytes(ops), threads=threads, isa=isa)
+    got = engine.run(x)
+    want = reference.run_ops(ops, x)
+    assert got.shape == want.shape
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=atol)
+
+
+BCONV_CASES = [  # cin, cout, h, w, stride, residual
+    (3, 8, 5, 7, 1, mf.RES_NONE),
+    (64, 64, 8, 8, 1, mf.RES_IDENTITY),
+    (65, 13, 6, 9, 2, mf.RES_NONE),
+    (100, 100, 7, 5, 1, mf.RES_IDENTITY),
+    (64, 128, 8, 6, 2, mf.RES_DOWNSAMPLE),
+    (130, 260, 4, 4, 2, mf.RES_DOWNSAMPLE),
+    (256, 256, 3, 3, 1, mf.RES_IDENTITY),
+    (1, 1, 1, 1, 1, mf.RES_NONE),
+    (64, 72, 2, 11, 1, mf.RES_NONE),
+]
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("case", BCONV_CASES, ids=lambda c: "x".join(map(str, c)))
+@pytest.mark.parametrize("batch,threads", [(1, 1), (3, 2), (1, 2)])
+def test_bconv_matches_reference(isa, case, batch, threads):
+    cin, cout, h, w, stride, residual = case
+    rng = np.random.default_rng(hash(case) % 2**32)
+    op = bconv_op(cin, cout, stride, residual, relu=bool(cin % 2), rng=rng)
+    x = rng.normal(0, 1, (batch, cin, h, w)).astype(np.float32)
+    check([op], x, isa, threads)
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("cin,cout,stride,residual", [
+    (3, 64, 1, mf.RES_NONE), (3, 13, 2, mf.RES_NONE), (16, 16, 1, mf.RES_IDENTITY),
+    (8, 16, 2, mf.RES_DOWNSAMPLE), (5, 32, 1, mf.RES_NONE)])
+def test_conv_fp_matches_reference(isa, cin, cout, stride, residual):
+    x = RNG.normal(0, 1, (3, cin, 10, 6)).astype(np.float32)
+    check([conv_fp_op(cin, cout, stride, residual, relu=True)], x, isa, threads=2)
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("batch,threads", [(1, 1), (5, 2), (2, 4)])
+def test_fused_chain_matches_reference(isa, batch, threads):
+    """CONV_FP -> BCONV (no residual: bits only) -> BCONV identity -> BCONV downsample -> HEAD:
+    every producer packs for the next binary conv in its epilogue."""
+    ops = [conv_fp_op(3, 64), bconv_op(64, 64), bconv_op(64, 64, residual=mf.RES_IDENTITY),
+           bconv_op(64, 128, 2, mf.RES_DOWNSAMPLE), bconv_op(128, 100, relu=True), head_op(100, 7)]
+    x = RNG.normal(0, 1, (batch, 3, 12, 10)).astype(np.float32)
+    check(ops, x, isa, threads, atol=1e-3)
+
+
+def test_uint8_input_is_normalized_like_the_reference():
+    mean, std = np.array([0.4, 0.5, 0.6], np.float32), np.array([0.2, 0.25, 0.3], np.float32)
+    ops = [mf.Op(mf.INPUT, [8, 8, 3], [mean, std]), conv_fp_op(3, 64), bconv_op(64, 64), head_op(64, 10)]
+    images = RNG.integers(0, 256, (4, 8, 8, 3), dtype=np.uint8)
+    x = ((images.transpose(0, 3, 1, 2) / np.float32(255) - mean[:, None, None]) / std[:, None, None])
+    engine = Engine.from_bytes(mf.to_bytes(ops))
+    np.testing.assert_allclose(engine.run(images), reference.run_ops(ops, x.astype(np.float32)),
+                               rtol=1e-4, atol=2e-4)
+    assert engine.class_names == [f"c{i}" for i in range(10)]
+
+
+def test_pack_bits_roundtrip_and_layout():
+    signs = RNG.random((3, 5, 130)) < 0.5
+    words = mf.pack_bits(signs)
+    assert words.shape == (3, 5, 3) and words.dtype == np.uint64
+    assert np.array_equal(mf.unpack_bits(words, 130), signs)
+    one = np.zeros(70, bool)
+    one[[0, 63, 64, 69]] = True
+    assert mf.pack_bits(one).tolist() == [1 | (1 << 63), 1 | (1 << 5)]
+
+
+def test_model_file_roundtrip():
+    ops = [conv_fp_op(3, 16), bconv_op(16, 8), head_op(8, 3)]
+    back = mf.from_bytes(mf.to_bytes(ops))
+    assert [(o.kind, o.params) for o in back] == [(o.kind, o.params) for o in ops]
+    for a, b in zip(ops, back):
+        for ta, tb in zip(a.tensors, b.tensors):
+            assert np.array_equal(ta, tb)
+
+
+# ---------------------------------------------------------------- whole models from checkpoints
+
+def _checkpoint(kind, tmp_path, **cfg):
+    torch.manual_seed(1)
+    model = build_model(kind, **cfg)
+    model.train()
+    with torch.no_grad():  # give batch norms non-trivial running statistics
+        for _ in range(3):
+            model(torch.randn(16, 3, 32, 32) * 2 + 0.3)
+        for m in model.modules():
+            if hasattr(m, "threshold"):
+                m.threshold.normal_(0, 0.2)
+    model.eval()
+    path = tmp_path / f"{kind}.safetensors"
+    save_checkpoint(path, model, {"model_config": model.config.to_dict(), "mean": [0.5, 0.4, 0.3],
+                                  "std": [0.2, 0.3, 0.25], "classes": [f"k{i}" for i in range(10)]})
+    return path, model
+
+
+@pytest.mark.parametrize("kind", ["fp32", "xnor", "bireal"])
+def test_exported_model_agrees_with_pytorch(kind, tmp_path):
+    ckpt, model = _checkpoint(kind, tmp_path, widths=(64, 128), depths=(2, 1))
+    info = export_model(ckpt, tmp_path / "m.xnor")
+    images = RNG.integers(0, 256, (9, 32, 32, 3), dtype=np.uint8)
+    file_model = FileModel.load(tmp_path / "m.xnor")
+    x = file_model.normalize(images)
+    with torch.no_grad():
+        from_file, original = file_model(x).numpy(), model(x).numpy()
+    np.testing.assert_allclose(from_file, original, rtol=1e-4, atol=1e-4)
+    for isa in ISAS:
+        engine = Engine.load(tmp_path / "m.xnor", threads=2, isa=isa)
+        logits = engine.run(images)
+        np.testing.assert_allclose(logits, from_file, rtol=1e-4, atol=1e-4)
+        assert np.array_equal(engine.predict(images), from_file.argmax(1))
+    assert info["ops"] == 2 + 3 + 1 and info["bytes"] == (tmp_path / "m.xnor").stat().st_size
+
+
+def test_default_bireal_file_is_25x_smaller_than_fp32(tmp_path):
+    ckpt, _ = _checkpoint("bireal", tmp_path)
+    info = export_model(ckpt, tmp_path / "m.xnor")
+    assert info["ratio"] >= 25, info
