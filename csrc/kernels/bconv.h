@@ -35,6 +35,10 @@ struct Kernels {
     // Pack rows of a float NHWC tensor for the binary conv `next` (when the graph starts with one).
     void (*pack_row)(const float* y, int C, int H, int W, const Op& next, uint64_t* bits_out,
                      int img, int oy);
+    // The peak: a register-only XOR-popcount-accumulate loop, 8 independent accumulators.
+    // Runs `iters` iterations of peak_macs_per_iter binary MACs; returns a checksum.
+    uint64_t (*peak_loop)(uint64_t iters);
+    int peak_macs_per_iter;
 };
 
 extern const Kernels kernels_generic;

@@ -59,10 +59,33 @@ static void bconv_row(const BConvRow& a) {
     }
 }
 
+// Eight named accumulators (not an array, which GCC keeps on the stack around the asm barriers).
+static uint64_t peak_loop(uint64_t iters) {
+    const __m256i w = _mm256_set1_epi64x(0x5555555555555555ll);
+#define XN_INIT(i)                                                                                 \
+    __m256i a##i = _mm256_set1_epi64x(static_cast<long long>(0x9E3779B97F4A7C15ull * (i + 1)));   \
+    __m256i c##i = _mm256_setzero_si256();
+#define XN_STEP(i)                                   \
+    __asm__ volatile("" : "+x"(a##i)); /* opaque */ \
+    c##i = _mm256_add_epi64(c##i, popcnt64(_mm256_xor_si256(a##i, w)));
+    XN_INIT(0) XN_INIT(1) XN_INIT(2) XN_INIT(3) XN_INIT(4) XN_INIT(5) XN_INIT(6) XN_INIT(7)
+    for (uint64_t it = 0; it < iters; ++it) {
+        XN_STEP(0) XN_STEP(1) XN_STEP(2) XN_STEP(3) XN_STEP(4) XN_STEP(5) XN_STEP(6) XN_STEP(7)
+    }
+#undef XN_INIT
+#undef XN_STEP
+    const __m256i sum = _mm256_add_epi64(_mm256_add_epi64(_mm256_add_epi64(c0, c1), _mm256_add_epi64(c2, c3)),
+                                         _mm256_add_epi64(_mm256_add_epi64(c4, c5), _mm256_add_epi64(c6, c7)));
+    alignas(32) uint64_t lanes[4];
+    _mm256_store_si256(reinterpret_cast<__m256i*>(lanes), sum);
+    return lanes[0] + lanes[1] + lanes[2] + lanes[3];
+}
+
 #include "kernels/layer_rows.inc"
 
 }  // namespace avx2
 
-const Kernels kernels_avx2 = {avx2::bconv_row, avx2::layer_row, avx2::pack_row};
+const Kernels kernels_avx2 = {avx2::bconv_row, avx2::layer_row, avx2::pack_row, avx2::peak_loop,
+                              8 * 256};
 
 }  // namespace xnornet

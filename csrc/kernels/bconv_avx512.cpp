@@ -58,10 +58,31 @@ static void bconv_row(const BConvRow& a) {
     }
 }
 
+// Eight named accumulators (not an array, which GCC keeps on the stack around the asm barriers).
+static uint64_t peak_loop(uint64_t iters) {
+    const __m512i w = _mm512_set1_epi64(0x5555555555555555ll);
+#define XN_INIT(i)                                                                              \
+    __m512i a##i = _mm512_set1_epi64(static_cast<long long>(0x9E3779B97F4A7C15ull * (i + 1))); \
+    __m512i c##i = _mm512_setzero_si512();
+#define XN_STEP(i)                                   \
+    __asm__ volatile("" : "+v"(a##i)); /* opaque */ \
+    c##i = _mm512_add_epi64(c##i, _mm512_popcnt_epi64(_mm512_xor_si512(a##i, w)));
+    XN_INIT(0) XN_INIT(1) XN_INIT(2) XN_INIT(3) XN_INIT(4) XN_INIT(5) XN_INIT(6) XN_INIT(7)
+    for (uint64_t it = 0; it < iters; ++it) {
+        XN_STEP(0) XN_STEP(1) XN_STEP(2) XN_STEP(3) XN_STEP(4) XN_STEP(5) XN_STEP(6) XN_STEP(7)
+    }
+#undef XN_INIT
+#undef XN_STEP
+    const __m512i sum = _mm512_add_epi64(_mm512_add_epi64(_mm512_add_epi64(c0, c1), _mm512_add_epi64(c2, c3)),
+                                         _mm512_add_epi64(_mm512_add_epi64(c4, c5), _mm512_add_epi64(c6, c7)));
+    return static_cast<uint64_t>(_mm512_reduce_add_epi64(sum));
+}
+
 #include "kernels/layer_rows.inc"
 
 }  // namespace avx512
 
-const Kernels kernels_avx512 = {avx512::bconv_row, avx512::layer_row, avx512::pack_row};
+const Kernels kernels_avx512 = {avx512::bconv_row, avx512::layer_row, avx512::pack_row,
+                                avx512::peak_loop, 8 * 512};
 
 }  // namespace xnornet

@@ -25,10 +25,27 @@ static void bconv_row(const BConvRow& a) {
         }
 }
 
+// Eight named accumulators (not an array, which GCC keeps in memory around the asm barriers).
+static uint64_t peak_loop(uint64_t iters) {
+    const uint64_t w = 0x5555555555555555ull;
+#define XN_INIT(i) uint64_t a##i = 0x9E3779B97F4A7C15ull * (i + 1), c##i = 0;
+#define XN_STEP(i)                                   \
+    __asm__ volatile("" : "+r"(a##i)); /* opaque */ \
+    c##i += __builtin_popcountll(a##i ^ w);
+    XN_INIT(0) XN_INIT(1) XN_INIT(2) XN_INIT(3) XN_INIT(4) XN_INIT(5) XN_INIT(6) XN_INIT(7)
+    for (uint64_t it = 0; it < iters; ++it) {
+        XN_STEP(0) XN_STEP(1) XN_STEP(2) XN_STEP(3) XN_STEP(4) XN_STEP(5) XN_STEP(6) XN_STEP(7)
+    }
+#undef XN_INIT
+#undef XN_STEP
+    return c0 + c1 + c2 + c3 + c4 + c5 + c6 + c7;
+}
+
 #include "kernels/layer_rows.inc"
 
 }  // namespace generic
 
-const Kernels kernels_generic = {generic::bconv_row, generic::layer_row, generic::pack_row};
+const Kernels kernels_generic = {generic::bconv_row, generic::layer_row, generic::pack_row,
+                                 generic::peak_loop, 8 * 64};
 
 }  // namespace xnornet

@@ -5,6 +5,8 @@
 #include <nanobind/stl/string.h>
 #include <nanobind/stl/vector.h>
 
+#include <algorithm>
+#include <chrono>
 #include <cstring>
 
 #include "core/model_file.h"
@@ -66,6 +68,26 @@ NB_MODULE(_engine, m) {
         }
         return out;
     }, "Kernel implementations in this build, best first, and whether this CPU can run each.");
+
+    m.def("peak_binary_macs", [](const std::string& isa, double seconds) {
+        const Implementation& impl = select_implementation(isa);
+        const Kernels& k = *impl.kernels;
+        nb::gil_scoped_release release;
+        using clock = std::chrono::steady_clock;
+        uint64_t iters = 1 << 14, sink = 0;
+        double best = 0;  // best rate over repeated runs of ~seconds/5 each
+        const auto end = clock::now() + std::chrono::duration<double>(seconds);
+        while (clock::now() < end) {
+            const auto t0 = clock::now();
+            sink += k.peak_loop(iters);
+            const double dt = std::chrono::duration<double>(clock::now() - t0).count();
+            if (dt < seconds / 20) { iters *= 2; continue; }
+            best = std::max(best, double(iters) * k.peak_macs_per_iter / dt);
+        }
+        if (sink == 42) best += 0;  // use the checksum
+        return best;
+    }, nb::arg("isa"), nb::arg("seconds") = 1.0,
+       "Binary MACs/s of a register-only XOR-popcount loop on one thread (best of repeats).");
 
     nb::class_<Engine>(m, "Engine")
         .def("__init__", [](Engine* self, nb::bytes data, int threads, const std::string& isa) {

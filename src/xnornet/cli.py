@@ -88,28 +88,105 @@ def run_train(a) -> int:
 
 
 def add_eval(sub):
-    p = sub.add_parser("eval", help="top-1 accuracy of a checkpoint on the CIFAR-10 test set")
-    p.add_argument("--checkpoint", required=True, help="model.safetensors or checkpoint.safetensors")
+    p = sub.add_parser("eval", help="top-1 accuracy on the CIFAR-10 test set",
+                       description="Evaluate a training checkpoint (PyTorch) or a packed model file "
+                       "with the native engine or its PyTorch rebuild.")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--checkpoint", help="model.safetensors or checkpoint.safetensors (PyTorch)")
+    src.add_argument("--model-file", help="packed model file (.xnor) from `xnornet export`")
+    p.add_argument("--engine", choices=["native", "torch"], default="native",
+                   help="runtime for --model-file: the native engine or the PyTorch model rebuilt "
+                   "from the file (default native)")
+    p.add_argument("--threads", type=_positive, default=None, help="engine threads (default all)")
     p.add_argument("--data-dir")
     p.add_argument("--subset", type=_positive, default=None, help="first N test images only")
     p.add_argument("--batch-size", type=_positive, default=500)
     p.add_argument("--json", dest="json_out", help="write {accuracy, n, loss, ...} here")
 
 
-def run_eval(a) -> int:
+def _eval_checkpoint(a, split):
     import torch
 
-    from . import data as xdata
     from .checkpoint import load_model
     from .train import evaluate
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model, meta = load_model(a.checkpoint, device)
+    acc, loss = evaluate(model, split, device, meta["mean"], meta["std"], a.batch_size)
+    return {"accuracy": acc, "loss": loss, "checkpoint": str(a.checkpoint),
+            "model": meta["model_config"]["kind"], "engine": "torch"}
+
+
+def _eval_model_file(a, split):
+    from tqdm import tqdm
+    if a.engine == "native":
+        from .engine import Engine
+        engine = Engine.load(a.model_file, threads=a.threads)
+        predict = engine.predict
+    else:
+        import torch
+
+        from .filemodel import FileModel
+        model = FileModel.load(a.model_file)
+
+        def predict(images):
+            with torch.no_grad():
+                return model(model.normalize(images)).argmax(1).numpy()
+    correct = 0
+    for i in tqdm(range(0, len(split), a.batch_size), desc=f"eval ({a.engine})", unit="batch",
+                  leave=False):
+        correct += int((predict(split.images[i:i + a.batch_size]) == split.labels[i:i + a.batch_size]).sum())
+    return {"accuracy": correct / max(1, len(split)), "model_file": str(a.model_file),
+            "engine": a.engine}
+
+
+def run_eval(a) -> int:
+    from . import data as xdata
     ds = xdata.load_cifar10(a.data_dir)
     split = ds.test.head(a.subset)
-    acc, loss = evaluate(model, split, device, meta["mean"], meta["std"], a.batch_size)
-    result = {"accuracy": acc, "n": len(split), "loss": loss, "checkpoint": str(a.checkpoint),
-              "model": meta["model_config"]["kind"], "data": ds.source}
-    print(f"{result['model']}: top-1 {100 * acc:.2f}% on {len(split)} test images ({ds.source})")
+    result = _eval_checkpoint(a, split) if a.checkpoint else _eval_model_file(a, split)
+    result.update(n=len(split), data=ds.source)
+    what = result.get("model") or result["model_file"]
+    print(f"{what} ({result['engine']}): top-1 {100 * result['accuracy']:.2f}% on {len(split)} "
+          f"test images ({ds.source})")
+    if a.json_out:
+        Path(a.json_out).write_text(json.dumps(result, indent=2) + "\n")
+    return 0
+
+
+def add_export(sub):
+    p = sub.add_parser("export", help="write a packed model file (.xnor) from a checkpoint",
+                       description="Pack a checkpoint into the engine's model file: binary weights "
+                       "1 bit each, batch norms folded (docs/model-format.md).")
+    p.add_argument("--checkpoint", required=True, help="model.safetensors or checkpoint.safetensors")
+    p.add_argument("--out", required=True, help="output path, e.g. model.xnor")
+
+
+def run_export(a) -> int:
+    from .export import export_model
+    info = export_model(a.checkpoint, a.out)
+    print(f"wrote {info['path']}: {info['bytes']:,} bytes, {info['ops']} ops; FP32 weights "
+          f"{info['fp32_weight_bytes']:,} bytes -> {info['ratio']:.1f}x smaller")
+    return 0
+
+
+def add_bench(sub):
+    p = sub.add_parser("bench", help="benchmarks (kernels: each binary conv layer vs PyTorch FP32)")
+    bsub = p.add_subparsers(dest="bench", required=True)
+    k = bsub.add_parser("kernels", help="each binary conv layer: engine vs PyTorch FP32 conv, "
+                        "binary GMAC/s, share of the measured XOR-popcount peak")
+    k.add_argument("--model-file", required=True, help="packed model file (.xnor)")
+    k.add_argument("--batch", type=_positive, default=128)
+    k.add_argument("--threads", type=_positive, default=1)
+    k.add_argument("--repeats", type=_positive, default=5)
+    k.add_argument("--isa", choices=["avx512", "avx2", "generic"], default=None,
+                   help="force a kernel implementation (default: best for this CPU)")
+    k.add_argument("--json", dest="json_out", help="write every number here")
+
+
+def run_bench(a) -> int:
+    from .bench import bench_kernels, format_kernels
+    result = bench_kernels(a.model_file, a.batch, a.threads, a.repeats, a.isa)
+    print(format_kernels(result))
     if a.json_out:
         Path(a.json_out).write_text(json.dumps(result, indent=2) + "\n")
     return 0
@@ -139,12 +216,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="xnornet", description="Binary neural networks: train "
                                      "XNOR-Net / Bi-Real models on CIFAR-10 and run them bitwise.")
     sub = parser.add_subparsers(dest="command", required=True)
-    for add in (add_train, add_eval, add_summary):
+    for add in (add_train, add_eval, add_export, add_bench, add_summary):
         add(sub)
     return parser
 
 
-COMMANDS = {"train": run_train, "eval": run_eval, "summary": run_summary}
+COMMANDS = {"train": run_train, "eval": run_eval, "export": run_export, "bench": run_bench,
+            "summary": run_summary}
 
 
 def main(argv=None) -> int:

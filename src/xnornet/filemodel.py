@@ -28,11 +28,12 @@ def _shortcut(x, residual, stride, cin, cout):
 class ConvOp(nn.Module):
     """CONV_FP and BCONV: y = conv(input') * scale + bias (+ shortcut), ReLU if asked."""
 
-    def __init__(self, op: mf.Op):
+    def __init__(self, op: mf.Op, binary_as_float: bool = False):
         super().__init__()
         self.cin, self.cout, self.k, self.stride, self.pad, relu, self.residual = op.params[:7]
-        self.relu, self.binary = bool(relu), op.kind == mf.BCONV
-        if self.binary:
+        self.relu = bool(relu)
+        self.binary = op.kind == mf.BCONV and not binary_as_float
+        if op.kind == mf.BCONV:
             in_s, in_b, bits, out_s, out_b = op.tensors
             signs = mf.unpack_bits(bits, self.cin)  # (cout, k, k, cin) bool
             weight = np.where(signs, 1.0, -1.0).astype(np.float32)
@@ -72,9 +73,13 @@ class HeadOp(nn.Module):
 
 
 class FileModel(nn.Module):
-    """forward(x): x float (N, C, H, W) already normalized -> logits (or the last feature map)."""
+    """forward(x): x float (N, C, H, W) already normalized -> logits (or the last feature map).
 
-    def __init__(self, ops: list[mf.Op]):
+    binary_as_float=True runs every binary conv as a float conv on real inputs: the FP32 network
+    of the same shape, for timing comparisons.
+    """
+
+    def __init__(self, ops: list[mf.Op], binary_as_float: bool = False):
         super().__init__()
         self.mean = self.std = None
         layers = []
@@ -82,7 +87,7 @@ class FileModel(nn.Module):
             if op.kind == mf.INPUT:
                 self.mean, self.std = (np.array(t, np.float32) for t in op.tensors)
             elif op.kind in (mf.CONV_FP, mf.BCONV):
-                layers.append(ConvOp(op))
+                layers.append(ConvOp(op, binary_as_float))
             elif op.kind == mf.HEAD:
                 layers.append(HeadOp(op))
             else:
@@ -92,8 +97,8 @@ class FileModel(nn.Module):
         self.eval()
 
     @classmethod
-    def load(cls, path) -> "FileModel":
-        return cls(mf.read_model(path))
+    def load(cls, path, binary_as_float: bool = False) -> "FileModel":
+        return cls(mf.read_model(path), binary_as_float)
 
     def forward(self, x):
         return self.layers(x)

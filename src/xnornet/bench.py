@@ -1,0 +1,115 @@
+"""Benchmarks: `kernels` (each binary conv layer, engine vs PyTorch FP32 conv of the same shape,
+against the measured XOR-popcount peak). Timings are medians over repeats, in one run, one
+process; the comparison is the ratio, since absolute times on a shared machine drift."""
+from __future__ import annotations
+
+import platform
+import statistics
+import time
+
+import numpy as np
+
+from . import modelfile as mf
+from .engine import Engine, _engine
+
+
+def layer_shapes(ops: list[mf.Op], h: int = 32, w: int = 32) -> list[tuple[int, mf.Op, int, int]]:
+    """(op index, op, input H, input W) for every compute op, walking the graph from h x w."""
+    out = []
+    for i, op in enumerate(ops):
+        if op.kind in (mf.CONV_FP, mf.BCONV):
+            out.append((i, op, h, w))
+            k, stride, pad = op.params[2:5]
+            h, w = (h + 2 * pad - k) // stride + 1, (w + 2 * pad - k) // stride + 1
+        elif op.kind == mf.HEAD:
+            out.append((i, op, h, w))
+    return out
+
+
+def median_time(fn, repeats: int) -> float:
+    fn()  # warm-up: allocation, first-touch, lazy init
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return statistics.median(times)
+
+
+def cpu_name() -> str:
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def bench_kernels(model_path, batch=128, threads=1, repeats=5, isa=None, progress=True) -> dict:
+    """Per binary conv layer: engine time inside the fused whole-network run (per-op profile)
+    vs torch.nn.functional.conv2d in FP32 on the same shape; binary GMAC/s; share of peak."""
+    import torch
+    from tqdm import tqdm
+
+    torch.set_num_threads(threads)
+    ops = mf.read_model(model_path)
+    engine = Engine.load(model_path, threads=threads, isa=isa)
+    images = np.random.default_rng(0).integers(0, 256, (batch, 32, 32, 3), dtype=np.uint8)
+    engine._native.set_profiling(True)
+    engine.run(images)
+    per_op = []
+    total = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        engine.run(images)
+        total.append(time.perf_counter() - t)
+        per_op.append(engine._native.last_profile())
+    engine._native.set_profiling(False)
+    per_op = np.median(np.array(per_op), axis=0)
+    peak = _engine.peak_binary_macs(engine.isa, 1.0)
+    rows = []
+    shapes = layer_shapes(ops)
+    for j, (i, op, h, w) in enumerate(tqdm(shapes, desc="torch convs", disable=not progress)):
+        if op.kind != mf.BCONV:
+            continue
+        cin, cout, k, stride, pad = op.params[:5]
+        x = torch.randn(batch, cin, h, w).to(memory_format=torch.channels_last)
+        weight = torch.randn(cout, cin, k, k).to(memory_format=torch.channels_last)
+        with torch.no_grad():
+            t_torch = median_time(lambda: torch.nn.functional.conv2d(x, weight, None, stride, pad), repeats)
+        ho, wo = (h + 2 * pad - k) // stride + 1, (w + 2 * pad - k) // stride + 1
+        macs = batch * ho * wo * cout * cin * k * k
+        t_engine = float(per_op[j])
+        rows.append({"op": i, "cin": cin, "cout": cout, "stride": stride, "in_hw": [h, w],
+                     "macs": macs, "engine_ms": 1e3 * t_engine, "torch_fp32_ms": 1e3 * t_torch,
+                     "speedup": t_torch / t_engine, "binary_gmacs": macs / t_engine / 1e9,
+                     "peak_fraction": macs / t_engine / peak})
+    from .filemodel import FileModel
+    fp32 = FileModel.load(model_path, binary_as_float=True).to(memory_format=torch.channels_last)
+    x = torch.randn(batch, 3, 32, 32).to(memory_format=torch.channels_last)
+    with torch.no_grad():
+        t_fp32 = median_time(lambda: fp32(x), repeats)
+    return {"machine": {"cpu": cpu_name(), "isa": engine.isa, "threads": threads,
+                        "torch": torch.__version__},
+            "batch": batch, "repeats": repeats, "peak_binary_gmacs": peak / 1e9,
+            "engine_total_ms": 1e3 * statistics.median(total), "torch_fp32_total_ms": 1e3 * t_fp32,
+            "layers": rows}
+
+
+def format_kernels(result: dict) -> str:
+    m = result["machine"]
+    lines = [f"binary conv layers, batch {result['batch']}, {m['threads']} thread(s), ISA {m['isa']}, "
+             f"{m['cpu']}; median of {result['repeats']}",
+             f"peak (register-only XOR-popcount loop): {result['peak_binary_gmacs']:.0f} binary GMAC/s",
+             "",
+             "| op | cin -> cout | stride | input | engine ms | PyTorch FP32 ms | speed-up | binary GMAC/s | % of peak |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for r in result["layers"]:
+        lines.append(f"| {r['op']} | {r['cin']} -> {r['cout']} | {r['stride']} | {r['in_hw'][0]}x{r['in_hw'][1]} "
+                     f"| {r['engine_ms']:.2f} | {r['torch_fp32_ms']:.2f} | {r['speedup']:.1f}x "
+                     f"| {r['binary_gmacs']:.0f} | {100 * r['peak_fraction']:.0f}% |")
+    e, t = result["engine_total_ms"], result["torch_fp32_total_ms"]
+    lines.append(f"\nwhole network per batch: engine {e:.1f} ms, PyTorch FP32 network of the same "
+                 f"shape {t:.1f} ms -> {t / e:.1f}x")
+    return "\n".join(lines)
