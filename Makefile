@@ -11,7 +11,9 @@ export XNORNET_DATA ?= $(SHARED_DATA)
 STAMP   := $(VENV)/.xnornet-installed
 SOURCES := pyproject.toml CMakeLists.txt $(shell find csrc -type f 2>/dev/null)
 
-.PHONY: install test demo clean
+ASAN_BUILD := build/asan
+
+.PHONY: install test test-asan demo clean
 
 $(PY):
 	python3 -m venv $(VENV)
@@ -20,14 +22,27 @@ $(PY):
 $(STAMP): $(PY) $(SOURCES)
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q "$(TORCH)"
-	$(PIP) install -q "scikit-build-core>=0.10" "nanobind>=2.0"
+	$(PIP) install -q "scikit-build-core>=0.10" "nanobind>=2.0" cmake ninja
 	$(PIP) install -q --no-build-isolation -e ".[train,test]"
 	touch $(STAMP)
 
 install: $(STAMP)
 
+# All tests, then the engine's tests again against an ASan + UBSan build of the native module.
 test: $(STAMP)
 	$(PY) -m pytest -q tests
+	$(MAKE) --no-print-directory test-asan
+
+# The sanitizer build is loaded through $$XNORNET_NATIVE_LIB; Python itself is not instrumented,
+# so the ASan runtime is preloaded. Leak checks are off (CPython keeps memory until exit).
+test-asan: $(STAMP)
+	$(VENV)/bin/cmake -S . -B $(ASAN_BUILD) -G Ninja -DCMAKE_MAKE_PROGRAM=$(abspath $(VENV))/bin/ninja \
+		-DCMAKE_BUILD_TYPE=RelWithDebInfo -DXNORNET_SANITIZE=ON -DPython_EXECUTABLE=$(abspath $(PY)) > /dev/null
+	$(VENV)/bin/cmake --build $(ASAN_BUILD)
+	LD_PRELOAD="$$(g++ -print-file-name=libasan.so) $$(g++ -print-file-name=libubsan.so)" \
+	ASAN_OPTIONS=detect_leaks=0 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
+	XNORNET_NATIVE_LIB="$$(ls $(ASAN_BUILD)/_engine*.so)" \
+		$(PY) -m pytest -q -p no:cacheprovider tests/test_engine.py $(wildcard tests/test_engine_robustness.py)
 
 # Until the native engine and a shipped model exist, the demo is a short training run of the
 # optimized BNN on 5,000 images, its evaluation, and the model summary.

@@ -66,6 +66,9 @@ void check_conv_params(const Op& op, const char* name) {
         fail(std::string(name) + ": channels out of range");
     if (op.k < 1 || op.k > 7 || op.stride < 1 || op.stride > 4 || op.pad < 0 || op.pad >= op.k)
         fail(std::string(name) + ": kernel/stride/pad out of range");
+    // A shortcut adds x to y pixel by pixel: the conv must keep the grid ("same" padding).
+    if (op.residual != Residual::None && 2 * op.pad != op.k - 1)
+        fail(std::string(name) + ": a shortcut needs 'same' padding (2*pad == k-1)");
     if (op.residual == Residual::Identity && (op.cin != op.cout || op.stride != 1))
         fail(std::string(name) + ": identity shortcut needs cin == cout and stride 1");
     if (op.residual == Residual::Downsample && (op.cout % op.cin != 0))

@@ -20,7 +20,10 @@ namespace xnornet {
 
 namespace {
 
-int out_size(int in, int k, int stride, int pad) { return (in + 2 * pad - k) / stride + 1; }
+// Output size of a conv; 0 when the kernel does not fit the padded input even once.
+int out_size(int in, int k, int stride, int pad) {
+    return in + 2 * pad < k ? 0 : (in + 2 * pad - k) / stride + 1;
+}
 bool is_compute(const Op& op) { return op.kind != OpKind::Input; }
 
 std::unique_ptr<Prepared> prepare(const Op& op) {
@@ -153,6 +156,7 @@ std::vector<int64_t> Engine::output_shape(int n, int h, int w) const {
         h = out_size(h, op.k, op.stride, op.pad);
         w = out_size(w, op.k, op.stride, op.pad);
         c = op.cout;
+        if (h < 1 || w < 1) throw std::invalid_argument("input is too small for this model");
     }
     return {n, c, h, w};
 }

@@ -104,24 +104,25 @@ def add_eval(sub):
     p.add_argument("--json", dest="json_out", help="write {accuracy, n, loss, ...} here")
 
 
-def _eval_checkpoint(a, split):
+def _checkpoint_evaluator(a):
     import torch
 
     from .checkpoint import load_model
     from .train import evaluate
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model, meta = load_model(a.checkpoint, device)
-    acc, loss = evaluate(model, split, device, meta["mean"], meta["std"], a.batch_size)
-    return {"accuracy": acc, "loss": loss, "checkpoint": str(a.checkpoint),
-            "model": meta["model_config"]["kind"], "engine": "torch"}
+
+    def run(split):
+        acc, loss = evaluate(model, split, device, meta["mean"], meta["std"], a.batch_size)
+        return {"accuracy": acc, "loss": loss, "checkpoint": str(a.checkpoint),
+                "model": meta["model_config"]["kind"], "engine": "torch"}
+    return run
 
 
-def _eval_model_file(a, split):
-    from tqdm import tqdm
+def _model_file_evaluator(a):
     if a.engine == "native":
         from .engine import Engine
-        engine = Engine.load(a.model_file, threads=a.threads)
-        predict = engine.predict
+        predict = Engine.load(a.model_file, threads=a.threads).predict
     else:
         import torch
 
@@ -131,19 +132,26 @@ def _eval_model_file(a, split):
         def predict(images):
             with torch.no_grad():
                 return model(model.normalize(images)).argmax(1).numpy()
-    correct = 0
-    for i in tqdm(range(0, len(split), a.batch_size), desc=f"eval ({a.engine})", unit="batch",
-                  leave=False):
-        correct += int((predict(split.images[i:i + a.batch_size]) == split.labels[i:i + a.batch_size]).sum())
-    return {"accuracy": correct / max(1, len(split)), "model_file": str(a.model_file),
-            "engine": a.engine}
+
+    def run(split):
+        from tqdm import tqdm
+        correct = 0
+        for i in tqdm(range(0, len(split), a.batch_size), desc=f"eval ({a.engine})", unit="batch",
+                      leave=False):
+            batch = slice(i, i + a.batch_size)
+            correct += int((predict(split.images[batch]) == split.labels[batch]).sum())
+        return {"accuracy": correct / max(1, len(split)), "model_file": str(a.model_file),
+                "engine": a.engine}
+    return run
 
 
 def run_eval(a) -> int:
     from . import data as xdata
+    # Load the model before the data: a bad model file fails in a second, not after decoding.
+    evaluate = _checkpoint_evaluator(a) if a.checkpoint else _model_file_evaluator(a)
     ds = xdata.load_cifar10(a.data_dir)
     split = ds.test.head(a.subset)
-    result = _eval_checkpoint(a, split) if a.checkpoint else _eval_model_file(a, split)
+    result = evaluate(split)
     result.update(n=len(split), data=ds.source)
     what = result.get("model") or result["model_file"]
     print(f"{what} ({result['engine']}): top-1 {100 * result['accuracy']:.2f}% on {len(split)} "

@@ -112,7 +112,10 @@ class Engine:
             raise ValueError(f"expected {want} channels in {layout}, got shape {x.shape}")
         if min(h, w) < 1:
             raise ValueError(f"images have no pixels: shape {x.shape}")
-        out = np.empty(self._native.output_shape(n, h, w), np.float32)
+        try:
+            out = np.empty(self._native.output_shape(n, h, w), np.float32)
+        except ValueError as e:
+            raise ValueError(f"{e} (input shape {x.shape})") from None
         if n == 0:
             return out
         try:

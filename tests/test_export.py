@@ -1,0 +1,94 @@
+"""Export: checkpoints of every model kind -> packed file -> native engine and the PyTorch rebuild
+agree with the original PyTorch model; file size; the CLI commands around it."""
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from xnornet import cli
+from xnornet.checkpoint import save_checkpoint
+from xnornet.engine import Engine, implementations
+from xnornet.export import export_model
+from xnornet.filemodel import FileModel
+from xnornet.models import build_model
+
+ISAS = [i["name"] for i in implementations() if i["supported"]]
+RNG = np.random.default_rng(0)
+
+
+def _checkpoint(kind, tmp_path, **cfg):
+    torch.manual_seed(1)
+    model = build_model(kind, **cfg)
+    model.train()
+    with torch.no_grad():  # give batch norms non-trivial running statistics
+        for _ in range(3):
+            model(torch.randn(16, 3, 32, 32) * 2 + 0.3)
+        for m in model.modules():
+            if hasattr(m, "threshold"):
+                m.threshold.normal_(0, 0.2)
+    model.eval()
+    path = tmp_path / f"{kind}.safetensors"
+    save_checkpoint(path, model, {"model_config": model.config.to_dict(), "mean": [0.5, 0.4, 0.3],
+                                  "std": [0.2, 0.3, 0.25], "classes": [f"k{i}" for i in range(10)]})
+    return path, model
+
+
+@pytest.mark.parametrize("kind", ["fp32", "xnor", "bireal"])
+def test_exported_model_agrees_with_pytorch(kind, tmp_path):
+    ckpt, model = _checkpoint(kind, tmp_path, widths=(64, 128), depths=(2, 1))
+    info = export_model(ckpt, tmp_path / "m.xnor")
+    images = RNG.integers(0, 256, (9, 32, 32, 3), dtype=np.uint8)
+    file_model = FileModel.load(tmp_path / "m.xnor")
+    x = file_model.normalize(images)
+    with torch.no_grad():
+        from_file, original = file_model(x).numpy(), model(x).numpy()
+    np.testing.assert_allclose(from_file, original, rtol=1e-4, atol=1e-4)
+    for isa in ISAS:
+        engine = Engine.load(tmp_path / "m.xnor", threads=2, isa=isa)
+        logits = engine.run(images)
+        np.testing.assert_allclose(logits, from_file, rtol=1e-4, atol=1e-4)
+        assert np.array_equal(engine.predict(images), from_file.argmax(1))
+    assert info["ops"] == 2 + 3 + 1 and info["bytes"] == (tmp_path / "m.xnor").stat().st_size
+
+
+def test_default_bireal_file_is_25x_smaller_than_fp32(tmp_path):
+    ckpt, _ = _checkpoint("bireal", tmp_path)
+    info = export_model(ckpt, tmp_path / "m.xnor")
+    assert info["ratio"] >= 25, info
+
+
+def test_cli_export_eval_and_bench(tmp_path, capsys):
+    import synthetic
+    data = synthetic.write_python_batches(tmp_path / "data", n_train=10, n_test=60)
+    ckpt, _ = _checkpoint("bireal", tmp_path, widths=(64, 128), depths=(1, 1))
+    out = tmp_path / "m.xnor"
+    assert cli.main(["export", "--checkpoint", str(ckpt), "--out", str(out)]) == 0
+    assert "smaller" in capsys.readouterr().out and out.is_file()
+    results = {}
+    for engine in ("native", "torch"):
+        js = tmp_path / f"{engine}.json"
+        assert cli.main(["eval", "--model-file", str(out), "--engine", engine, "--data-dir", str(data),
+                         "--json", str(js), "--batch-size", "25"]) == 0
+        results[engine] = json.loads(js.read_text())
+        assert results[engine]["n"] == 60 and results[engine]["engine"] == engine
+    assert results["native"]["accuracy"] == results["torch"]["accuracy"]
+    js = tmp_path / "bench.json"
+    assert cli.main(["bench", "kernels", "--model-file", str(out), "--batch", "2", "--repeats", "1",
+                     "--json", str(js)]) == 0
+    bench = json.loads(js.read_text())
+    assert [r["cin"] for r in bench["layers"]] == [64, 64]  # the two binary convs
+    assert all(r["engine_ms"] > 0 and r["torch_fp32_ms"] > 0 for r in bench["layers"])
+    assert bench["peak_binary_gmacs"] > 0
+    assert "| op |" in capsys.readouterr().out
+
+
+def test_cli_errors_are_one_line(tmp_path, capsys):
+    assert cli.main(["export", "--checkpoint", str(tmp_path / "none.safetensors"),
+                     "--out", str(tmp_path / "x.xnor")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    bad = tmp_path / "bad.xnor"
+    bad.write_bytes(b"XNORNET\0" + b"\0" * 100)
+    assert cli.main(["eval", "--model-file", str(bad), "--data-dir", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "invalid model file" in err and "Traceback" not in err
