@@ -92,3 +92,20 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
     assert cli.main(["eval", "--model-file", str(bad), "--data-dir", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert "invalid model file" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("kind", ["fp32", "xnor", "bireal"])
+def test_onnx_export_runs_in_onnxruntime_and_agrees(kind, tmp_path):
+    ort = pytest.importorskip("onnxruntime")
+    ckpt, _ = _checkpoint(kind, tmp_path, widths=(64, 128), depths=(1, 1))
+    export_model(ckpt, tmp_path / "m.xnor")
+    assert cli.main(["export", "--checkpoint", str(ckpt), "--out", str(tmp_path / "m.xnor"),
+                     "--onnx", str(tmp_path / "m.onnx")]) == 0
+    file_model = FileModel.load(tmp_path / "m.xnor")
+    images = RNG.integers(0, 256, (5, 32, 32, 3), dtype=np.uint8)
+    x = file_model.normalize(images)
+    session = ort.InferenceSession(str(tmp_path / "m.onnx"), providers=["CPUExecutionProvider"])
+    got = session.run(["logits"], {"images": x.numpy()})[0]
+    with torch.no_grad():
+        want = file_model(x).numpy()
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)

@@ -167,6 +167,8 @@ def add_export(sub):
                        "1 bit each, batch norms folded (docs/model-format.md).")
     p.add_argument("--checkpoint", required=True, help="model.safetensors or checkpoint.safetensors")
     p.add_argument("--out", required=True, help="output path, e.g. model.xnor")
+    p.add_argument("--onnx", help="also write the network as ONNX with standard ops (binary convs "
+                   "simulated with +-1 floats) to this path; needs the onnx package")
 
 
 def run_export(a) -> int:
@@ -174,6 +176,10 @@ def run_export(a) -> int:
     info = export_model(a.checkpoint, a.out)
     print(f"wrote {info['path']}: {info['bytes']:,} bytes, {info['ops']} ops; FP32 weights "
           f"{info['fp32_weight_bytes']:,} bytes -> {info['ratio']:.1f}x smaller")
+    if a.onnx:
+        from .onnx_export import export_onnx
+        size = export_onnx(a.out, a.onnx)
+        print(f"wrote {a.onnx}: {size:,} bytes (ONNX, standard ops)")
     return 0
 
 
