@@ -4,6 +4,7 @@ process; the comparison is the ratio, since absolute times on a shared machine d
 from __future__ import annotations
 
 import platform
+from pathlib import Path
 import statistics
 import time
 
@@ -44,6 +45,27 @@ def cpu_name() -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine()
+
+
+def random_model_file(path, kind: str = "bireal") -> str:
+    """Export the default trunk of `kind` with random weights (and batch-norm statistics from
+    random data) to path: a model file with the real shapes, for timing."""
+    import torch
+
+    from .checkpoint import save_checkpoint
+    from .data import CIFAR10_CLASSES, CIFAR10_MEAN, CIFAR10_STD
+    from .export import export_model
+    from .models import build_model
+    torch.manual_seed(0)
+    model = build_model(kind).train()
+    with torch.no_grad():
+        model(torch.randn(32, 3, 32, 32))
+    ckpt = Path(path).with_suffix(".safetensors")
+    save_checkpoint(ckpt, model.eval(), {"model_config": model.config.to_dict(),
+                                         "mean": list(CIFAR10_MEAN), "std": list(CIFAR10_STD),
+                                         "classes": list(CIFAR10_CLASSES)})
+    export_model(ckpt, path)
+    return str(path)
 
 
 def bench_kernels(model_path, batch=128, threads=1, repeats=5, isa=None, progress=True) -> dict:
@@ -99,7 +121,8 @@ def bench_kernels(model_path, batch=128, threads=1, repeats=5, isa=None, progres
 
 def format_kernels(result: dict) -> str:
     m = result["machine"]
-    lines = [f"binary conv layers, batch {result['batch']}, {m['threads']} thread(s), ISA {m['isa']}, "
+    lines = [f"model: {result.get('model_file', '?')}",
+             f"binary conv layers, batch {result['batch']}, {m['threads']} thread(s), ISA {m['isa']}, "
              f"{m['cpu']}; median of {result['repeats']}",
              f"peak (register-only XOR-popcount loop): {result['peak_binary_gmacs']:.0f} binary GMAC/s",
              "",

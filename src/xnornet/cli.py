@@ -188,7 +188,8 @@ def add_bench(sub):
     bsub = p.add_subparsers(dest="bench", required=True)
     k = bsub.add_parser("kernels", help="each binary conv layer: engine vs PyTorch FP32 conv, "
                         "binary GMAC/s, share of the measured XOR-popcount peak")
-    k.add_argument("--model-file", required=True, help="packed model file (.xnor)")
+    k.add_argument("--model-file", help="packed model file (.xnor); default: the default bireal "
+                   "trunk with random weights (timings do not depend on the weights)")
     k.add_argument("--batch", type=_positive, default=128)
     k.add_argument("--threads", type=_positive, default=1)
     k.add_argument("--repeats", type=_positive, default=5)
@@ -198,8 +199,13 @@ def add_bench(sub):
 
 
 def run_bench(a) -> int:
-    from .bench import bench_kernels, format_kernels
-    result = bench_kernels(a.model_file, a.batch, a.threads, a.repeats, a.isa)
+    import tempfile
+
+    from .bench import bench_kernels, format_kernels, random_model_file
+    with tempfile.TemporaryDirectory() as tmp:
+        model_file = a.model_file or random_model_file(Path(tmp) / "bireal-random.xnor")
+        result = bench_kernels(model_file, a.batch, a.threads, a.repeats, a.isa)
+    result["model_file"] = a.model_file or "default bireal trunk, random weights"
     print(format_kernels(result))
     if a.json_out:
         Path(a.json_out).write_text(json.dumps(result, indent=2) + "\n")
