@@ -12,49 +12,70 @@
 namespace xnornet {
 namespace avx512 {
 
-template <int R, int V>
+// P (words per pixel) is a template parameter when small, so the word loop unrolls away;
+// every loop over R and V is fully unrolled so the accumulators live in registers (GCC keeps
+// arrays indexed in loops on the stack otherwise).
+template <int R, int V, int PW>
 static void tile(const BConvRow& a, int ox0, int ob0) {
-    const int kk = a.k * a.k, P = a.words;
+    const int kk = a.k * a.k, P = PW > 0 ? PW : a.words, step = a.stride * P;
     __m512i acc[R][V];
+#pragma GCC unroll 16
     for (int r = 0; r < R; ++r)
+#pragma GCC unroll 16
         for (int v = 0; v < V; ++v) acc[r][v] = _mm512_setzero_si512();
+    const uint64_t* wbase = a.w + size_t(ob0) * kk * P * kLanes;
+    const size_t wblock = size_t(kk) * P * kLanes;  // distance between output-channel blocks
     for (int ky = 0; ky < a.k; ++ky) {
-        const uint64_t* row = a.act + (a.oy * a.stride + ky) * a.wp * P;
+        const uint64_t* row = a.act + ((a.oy * a.stride + ky) * a.wp + ox0 * a.stride) * P;
         for (int kx = 0; kx < a.k; ++kx) {
-            const int tap = ky * a.k + kx;
+            const uint64_t* x = row + kx * P;
+            const uint64_t* w = wbase + size_t(ky * a.k + kx) * P * kLanes;
+#pragma GCC unroll 4
             for (int p = 0; p < P; ++p) {
-                __m512i w[V];
-                for (int v = 0; v < V; ++v)
-                    w[v] = _mm512_loadu_si512(a.w + (((ob0 + v) * kk + tap) * P + p) * kLanes);
+                __m512i wv[V];
+#pragma GCC unroll 16
+                for (int v = 0; v < V; ++v) wv[v] = _mm512_loadu_si512(w + v * wblock + p * kLanes);
+#pragma GCC unroll 16
                 for (int r = 0; r < R; ++r) {
-                    const __m512i x = _mm512_set1_epi64(
-                        static_cast<long long>(row[((ox0 + r) * a.stride + kx) * P + p]));
+                    const __m512i xv = _mm512_set1_epi64(static_cast<long long>(x[r * step + p]));
+#pragma GCC unroll 16
                     for (int v = 0; v < V; ++v)
-                        acc[r][v] = _mm512_add_epi64(
-                            acc[r][v], _mm512_popcnt_epi64(_mm512_xor_si512(x, w[v])));
+                        acc[r][v] = _mm512_add_epi64(acc[r][v], _mm512_popcnt_epi64(_mm512_xor_si512(xv, wv[v])));
                 }
             }
         }
     }
+#pragma GCC unroll 16
     for (int r = 0; r < R; ++r)
+#pragma GCC unroll 16
         for (int v = 0; v < V; ++v)
             _mm256_storeu_si256(
                 reinterpret_cast<__m256i*>(a.pop + ((ox0 + r) * a.cout_blocks + ob0 + v) * kLanes),
                 _mm512_cvtepi64_epi32(acc[r][v]));
 }
 
-static void bconv_row(const BConvRow& a) {
+template <int PW>
+static void bconv_row_p(const BConvRow& a) {
     constexpr int R = 4, V = 4;
     int ob = 0;
     for (; ob + V <= a.cout_blocks; ob += V) {
         int ox = 0;
-        for (; ox + R <= a.out_w; ox += R) tile<R, V>(a, ox, ob);
-        for (; ox < a.out_w; ++ox) tile<1, V>(a, ox, ob);
+        for (; ox + R <= a.out_w; ox += R) tile<R, V, PW>(a, ox, ob);
+        for (; ox < a.out_w; ++ox) tile<1, V, PW>(a, ox, ob);
     }
     for (; ob < a.cout_blocks; ++ob) {
         int ox = 0;
-        for (; ox + R <= a.out_w; ox += R) tile<R, 1>(a, ox, ob);
-        for (; ox < a.out_w; ++ox) tile<1, 1>(a, ox, ob);
+        for (; ox + R <= a.out_w; ox += R) tile<R, 1, PW>(a, ox, ob);
+        for (; ox < a.out_w; ++ox) tile<1, 1, PW>(a, ox, ob);
+    }
+}
+
+static void bconv_row(const BConvRow& a) {
+    switch (a.words) {
+        case 1: return bconv_row_p<1>(a);
+        case 2: return bconv_row_p<2>(a);
+        case 4: return bconv_row_p<4>(a);
+        default: return bconv_row_p<0>(a);
     }
 }
 
