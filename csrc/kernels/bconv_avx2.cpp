@@ -20,42 +20,60 @@ static inline __m256i popcnt64(__m256i v) {  // per 64-bit lane
     return _mm256_sad_epu8(_mm256_add_epi8(lo, hi), _mm256_setzero_si256());
 }
 
-template <int R>
+// Loops over R are fully unrolled so the accumulators stay in registers; P is a template
+// parameter when small, so the word loop unrolls away.
+template <int R, int PW>
 static void tile(const BConvRow& a, int ox0, int ob) {
-    const int kk = a.k * a.k, P = a.words;
+    const int kk = a.k * a.k, P = PW > 0 ? PW : a.words, step = a.stride * P;
     __m256i acc[R][2];
+#pragma GCC unroll 8
     for (int r = 0; r < R; ++r) acc[r][0] = acc[r][1] = _mm256_setzero_si256();
     for (int ky = 0; ky < a.k; ++ky) {
-        const uint64_t* row = a.act + (a.oy * a.stride + ky) * a.wp * P;
+        const uint64_t* row = a.act + ((a.oy * a.stride + ky) * a.wp + ox0 * a.stride) * P;
         for (int kx = 0; kx < a.k; ++kx) {
+            const uint64_t* x = row + kx * P;
             const uint64_t* wp = a.w + ((ob * kk + ky * a.k + kx) * P) * kLanes;
+#pragma GCC unroll 4
             for (int p = 0; p < P; ++p) {
                 const __m256i w0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wp + p * kLanes));
                 const __m256i w1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wp + p * kLanes + 4));
+#pragma GCC unroll 8
                 for (int r = 0; r < R; ++r) {
-                    const __m256i x = _mm256_set1_epi64x(
-                        static_cast<long long>(row[((ox0 + r) * a.stride + kx) * P + p]));
-                    acc[r][0] = _mm256_add_epi64(acc[r][0], popcnt64(_mm256_xor_si256(x, w0)));
-                    acc[r][1] = _mm256_add_epi64(acc[r][1], popcnt64(_mm256_xor_si256(x, w1)));
+                    const __m256i xv = _mm256_set1_epi64x(static_cast<long long>(x[r * step + p]));
+                    acc[r][0] = _mm256_add_epi64(acc[r][0], popcnt64(_mm256_xor_si256(xv, w0)));
+                    acc[r][1] = _mm256_add_epi64(acc[r][1], popcnt64(_mm256_xor_si256(xv, w1)));
                 }
             }
         }
     }
+#pragma GCC unroll 8
     for (int r = 0; r < R; ++r) {
         int32_t* out = a.pop + ((ox0 + r) * a.cout_blocks + ob) * kLanes;
-        alignas(32) long long tmp[8];
-        _mm256_store_si256(reinterpret_cast<__m256i*>(tmp), acc[r][0]);
-        _mm256_store_si256(reinterpret_cast<__m256i*>(tmp + 4), acc[r][1]);
-        for (int l = 0; l < kLanes; ++l) out[l] = static_cast<int32_t>(tmp[l]);
+        // 64-bit lane sums fit in 32 bits: pick the low halves of both vectors.
+        const __m256i idx = _mm256_setr_epi32(0, 2, 4, 6, 0, 2, 4, 6);
+        const __m128i lo = _mm256_castsi256_si128(_mm256_permutevar8x32_epi32(acc[r][0], idx));
+        const __m128i hi = _mm256_castsi256_si128(_mm256_permutevar8x32_epi32(acc[r][1], idx));
+        _mm_storeu_si128(reinterpret_cast<__m128i*>(out), lo);
+        _mm_storeu_si128(reinterpret_cast<__m128i*>(out + 4), hi);
+    }
+}
+
+template <int PW>
+static void bconv_row_p(const BConvRow& a) {
+    constexpr int R = 4;
+    for (int ob = 0; ob < a.cout_blocks; ++ob) {
+        int ox = 0;
+        for (; ox + R <= a.out_w; ox += R) tile<R, PW>(a, ox, ob);
+        for (; ox < a.out_w; ++ox) tile<1, PW>(a, ox, ob);
     }
 }
 
 static void bconv_row(const BConvRow& a) {
-    constexpr int R = 4;
-    for (int ob = 0; ob < a.cout_blocks; ++ob) {
-        int ox = 0;
-        for (; ox + R <= a.out_w; ox += R) tile<R>(a, ox, ob);
-        for (; ox < a.out_w; ++ox) tile<1>(a, ox, ob);
+    switch (a.words) {
+        case 1: return bconv_row_p<1>(a);
+        case 2: return bconv_row_p<2>(a);
+        case 4: return bconv_row_p<4>(a);
+        default: return bconv_row_p<0>(a);
     }
 }
 
