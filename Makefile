@@ -44,12 +44,16 @@ test-asan: $(STAMP)
 	XNORNET_NATIVE_LIB="$$(ls $(ASAN_BUILD)/_engine*.so)" \
 		$(PY) -m pytest -q -p no:cacheprovider tests/test_engine.py $(wildcard tests/test_engine_robustness.py)
 
-# Until the native engine and a shipped model exist, the demo is a short training run of the
-# optimized BNN on 5,000 images, its evaluation, and the model summary.
+# Until a trained model ships with the package, the demo trains the optimized BNN briefly (2
+# epochs on 5,000 images), packs it, evaluates the packed file with the native engine and with
+# its PyTorch rebuild, and times each binary conv layer against PyTorch FP32.
 demo: $(STAMP)
 	$(VENV)/bin/xnornet summary --model bireal
 	$(VENV)/bin/xnornet train --model bireal --epochs 2 --subset 5000 --out runs/demo
-	$(VENV)/bin/xnornet eval --checkpoint runs/demo/model.safetensors --subset 5000 --json runs/demo/eval.json
+	$(VENV)/bin/xnornet export --checkpoint runs/demo/model.safetensors --out runs/demo/model.xnor
+	$(VENV)/bin/xnornet eval --model-file runs/demo/model.xnor --engine native --subset 5000 --json runs/demo/eval-native.json
+	$(VENV)/bin/xnornet eval --model-file runs/demo/model.xnor --engine torch --subset 5000 --json runs/demo/eval-torch.json
+	$(VENV)/bin/xnornet bench kernels --model-file runs/demo/model.xnor --batch 64 --repeats 3
 
 clean:
 	rm -rf build runs/demo
