@@ -73,6 +73,12 @@ def test_cli_export_eval_and_bench(tmp_path, capsys):
         results[engine] = json.loads(js.read_text())
         assert results[engine]["n"] == 60 and results[engine]["engine"] == engine
     assert results["native"]["accuracy"] == results["torch"]["accuracy"]
+    js = tmp_path / "both.json"
+    assert cli.main(["eval", "--model-file", str(out), "--engine", "both", "--data-dir", str(data),
+                     "--json", str(js)]) == 0
+    both = json.loads(js.read_text())
+    assert both["top1_agreement"] == 1.0 and both["max_abs_logit_diff"] < 1e-3
+    assert both["accuracy_native"] == results["native"]["accuracy"]
     js = tmp_path / "bench.json"
     assert cli.main(["bench", "kernels", "--model-file", str(out), "--batch", "2", "--repeats", "1",
                      "--json", str(js)]) == 0

@@ -94,9 +94,10 @@ def add_eval(sub):
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--checkpoint", help="model.safetensors or checkpoint.safetensors (PyTorch)")
     src.add_argument("--model-file", help="packed model file (.xnor) from `xnornet export`")
-    p.add_argument("--engine", choices=["native", "torch"], default="native",
-                   help="runtime for --model-file: the native engine or the PyTorch model rebuilt "
-                   "from the file (default native)")
+    p.add_argument("--engine", choices=["native", "torch", "both"], default="native",
+                   help="runtime for --model-file: the native engine, the PyTorch model rebuilt "
+                   "from the file, or both with their top-1 agreement and largest logit "
+                   "difference (default native)")
     p.add_argument("--threads", type=_positive, default=None, help="engine threads (default all)")
     p.add_argument("--data-dir")
     p.add_argument("--subset", type=_positive, default=None, help="first N test images only")
@@ -119,29 +120,50 @@ def _checkpoint_evaluator(a):
     return run
 
 
-def _model_file_evaluator(a):
-    if a.engine == "native":
+def _model_file_runtimes(a) -> dict:
+    """name -> function(uint8 NHWC images) -> float32 logits, for the runtimes --engine asks for."""
+    runtimes = {}
+    if a.engine in ("native", "both"):
         from .engine import Engine
-        predict = Engine.load(a.model_file, threads=a.threads).predict
-    else:
+        runtimes["native"] = Engine.load(a.model_file, threads=a.threads).run
+    if a.engine in ("torch", "both"):
         import torch
 
         from .filemodel import FileModel
         model = FileModel.load(a.model_file)
 
-        def predict(images):
+        def logits(images):
             with torch.no_grad():
-                return model(model.normalize(images)).argmax(1).numpy()
+                return model(model.normalize(images)).numpy()
+        runtimes["torch"] = logits
+    return runtimes
+
+
+def _model_file_evaluator(a):
+    import numpy as np
+    runtimes = _model_file_runtimes(a)
 
     def run(split):
         from tqdm import tqdm
-        correct = 0
+        preds = {name: [] for name in runtimes}
+        max_diff = 0.0
         for i in tqdm(range(0, len(split), a.batch_size), desc=f"eval ({a.engine})", unit="batch",
                       leave=False):
-            batch = slice(i, i + a.batch_size)
-            correct += int((predict(split.images[batch]) == split.labels[batch]).sum())
-        return {"accuracy": correct / max(1, len(split)), "model_file": str(a.model_file),
-                "engine": a.engine}
+            outs = {name: f(split.images[i:i + a.batch_size]) for name, f in runtimes.items()}
+            for name, out in outs.items():
+                preds[name].append(out.argmax(1))
+            if len(outs) == 2:
+                max_diff = max(max_diff, float(np.abs(outs["native"] - outs["torch"]).max()))
+        preds = {name: np.concatenate(p) if p else np.zeros(0, int) for name, p in preds.items()}
+        n = max(1, len(split))
+        result = {"model_file": str(a.model_file), "engine": a.engine}
+        for name, p in preds.items():
+            result[f"accuracy_{name}"] = float((p == split.labels).sum()) / n
+        result["accuracy"] = result[f"accuracy_{next(iter(runtimes))}"]
+        if len(preds) == 2:
+            result["top1_agreement"] = float((preds["native"] == preds["torch"]).sum()) / n
+            result["max_abs_logit_diff"] = max_diff
+        return result
     return run
 
 
@@ -156,6 +178,10 @@ def run_eval(a) -> int:
     what = result.get("model") or result["model_file"]
     print(f"{what} ({result['engine']}): top-1 {100 * result['accuracy']:.2f}% on {len(split)} "
           f"test images ({ds.source})")
+    if "top1_agreement" in result:
+        print(f"native {100 * result['accuracy_native']:.2f}%, torch {100 * result['accuracy_torch']:.2f}%; "
+              f"top-1 agreement {100 * result['top1_agreement']:.2f}%, largest logit difference "
+              f"{result['max_abs_logit_diff']:.2e}")
     if a.json_out:
         Path(a.json_out).write_text(json.dumps(result, indent=2) + "\n")
     return 0
