@@ -7,6 +7,7 @@
 
 `patch()` edits a file at byte offsets, and `fix_crc()` recomputes the checksum so that a
 structurally bad file gets past the CRC check and into the parser's structural validation.
+`random_chain(rng)` builds a random, mostly valid chain of ops for fuzzing the runtime.
 """
 from __future__ import annotations
 
@@ -100,3 +101,30 @@ def tensor_at(data, t: int) -> int:
 
 def first_tensor(ops: list[Op], i: int) -> int:
     return sum(len(op.tensors) for op in ops[:i])
+
+
+def random_chain(rng) -> list[Op]:
+    """A random chain of ops, mostly valid: optional INPUT, 0-4 convs (float or binary; any k,
+    stride, pad; channels around multiples of 64; shortcuts mostly well-formed), optional HEAD.
+    Never an INPUT op alone."""
+    c = int(rng.integers(1, 9))
+    ops = [input_op(8, 8, c)] if rng.random() < 0.6 else []
+    for _ in range(int(rng.integers(0, 5))):
+        cout = int(rng.choice([1, 3, 8, 16, 63, 64, 65, 100, 128, 130]))
+        k = int(rng.choice([1, 2, 3, 5, 7]))
+        stride, pad = int(rng.integers(1, 5)), int(rng.integers(0, k))
+        residual = int(rng.choice([RES_NONE, RES_NONE, RES_IDENTITY, RES_DOWNSAMPLE]))
+        if residual == RES_IDENTITY:
+            cout, stride = c, (1 if rng.random() < 0.9 else stride)
+        if residual == RES_DOWNSAMPLE and rng.random() < 0.9:
+            cout = c * int(rng.integers(1, 4))
+        if residual != RES_NONE and rng.random() < 0.9:
+            k += 1 - k % 2
+            pad = (k - 1) // 2
+        conv = bconv if rng.random() < 0.6 else conv_fp
+        ops.append(conv(rng, c, cout, k=k, stride=stride, pad=pad, relu=int(rng.integers(0, 2)),
+                        residual=residual))
+        c = cout
+    if rng.random() < 0.7 or not ops or (len(ops) == 1 and ops[0].kind == INPUT):
+        ops.append(head(rng, c, int(rng.integers(1, 12))))
+    return ops

@@ -49,15 +49,40 @@ size_t itemsize(DType t) {
 
 [[noreturn]] void fail(const std::string& msg) { throw ModelError("invalid model file: " + msg); }
 
-void expect_tensor(const Op& op, size_t i, DType dtype, std::vector<uint32_t> dims,
-                   const char* what) {
-    const TensorView& t = op.tensors[i];
-    if (t.dtype != dtype || t.dims != dims) {
-        std::string want, got;
-        for (auto d : dims) want += std::to_string(d) + " ";
-        for (auto d : t.dims) got += std::to_string(d) + " ";
-        fail(std::string(what) + ": expected dims [ " + want + "], got [ " + got + "]");
+const char* dtype_name(DType t) {
+    switch (t) {
+        case DType::F32: return "f32";
+        case DType::U64: return "u64";
+        case DType::U8: return "u8";
     }
+    return "?";
+}
+
+std::string describe(DType dtype, const std::vector<uint32_t>& dims) {
+    std::string s = std::string(dtype_name(dtype)) + "[";
+    for (size_t i = 0; i < dims.size(); ++i) s += (i ? "," : "") + std::to_string(dims[i]);
+    return s + "]";
+}
+
+void expect_tensor(const Op& op, size_t i, DType dtype, std::vector<uint32_t> dims,
+                   const std::string& op_name, const char* what) {
+    const TensorView& t = op.tensors[i];
+    if (t.dtype != dtype || t.dims != dims)
+        fail(op_name + ": " + what + ": expected " + describe(dtype, dims) + ", got " +
+             describe(t.dtype, t.dims) + (t.dtype != dtype ? " (wrong dtype)" : " (wrong dims)"));
+}
+
+// Class names are UTF-8 text (the Python API hands them out as str).
+bool valid_utf8(const uint8_t* p, size_t n) {
+    for (size_t i = 0; i < n;) {
+        const uint8_t c = p[i];
+        size_t len = c < 0x80 ? 1 : (c >> 5) == 0x6 ? 2 : (c >> 4) == 0xE ? 3 : (c >> 3) == 0x1E ? 4 : 0;
+        if (len == 0 || i + len > n) return false;
+        for (size_t j = 1; j < len; ++j)
+            if ((p[i + j] & 0xC0) != 0x80) return false;
+        i += len;
+    }
+    return true;
 }
 
 void check_conv_params(const Op& op, const char* name) {
@@ -92,27 +117,27 @@ void validate_op(const Op& op, size_t index) {
             if (op.height < 1 || op.height > 4096 || op.width < 1 || op.width > 4096 ||
                 op.cin < 1 || op.cin > 64)
                 fail(name + ": input size out of range");
-            expect_tensor(op, 0, DType::F32, {ci}, "input mean");
-            expect_tensor(op, 1, DType::F32, {ci}, "input std");
+            expect_tensor(op, 0, DType::F32, {ci}, name, "input mean");
+            expect_tensor(op, 1, DType::F32, {ci}, name, "input std");
             for (size_t c = 0; c < ci; ++c)
                 if (!(op.tensors[1].f32()[c] > 0.f)) fail(name + ": input std must be > 0");
             break;
         case OpKind::ConvFP:
             need(3);
             check_conv_params(op, name.c_str());
-            expect_tensor(op, 0, DType::F32, {co, k, k, ci}, "conv weight");
-            expect_tensor(op, 1, DType::F32, {co}, "conv scale");
-            expect_tensor(op, 2, DType::F32, {co}, "conv bias");
+            expect_tensor(op, 0, DType::F32, {co, k, k, ci}, name, "conv weight");
+            expect_tensor(op, 1, DType::F32, {co}, name, "conv scale");
+            expect_tensor(op, 2, DType::F32, {co}, name, "conv bias");
             break;
         case OpKind::BConv: {
             need(5);
             check_conv_params(op, name.c_str());
             const uint32_t words = (ci + 63) / 64;
-            expect_tensor(op, 0, DType::F32, {ci}, "bconv input scale");
-            expect_tensor(op, 1, DType::F32, {ci}, "bconv input bias");
-            expect_tensor(op, 2, DType::U64, {co, k, k, words}, "bconv packed weight");
-            expect_tensor(op, 3, DType::F32, {co}, "bconv output scale");
-            expect_tensor(op, 4, DType::F32, {co}, "bconv output bias");
+            expect_tensor(op, 0, DType::F32, {ci}, name, "bconv input scale");
+            expect_tensor(op, 1, DType::F32, {ci}, name, "bconv input bias");
+            expect_tensor(op, 2, DType::U64, {co, k, k, words}, name, "bconv packed weight");
+            expect_tensor(op, 3, DType::F32, {co}, name, "bconv output scale");
+            expect_tensor(op, 4, DType::F32, {co}, name, "bconv output bias");
             // Bits past cin in the last word must be 0: the kernels rely on it.
             if (ci % 64) {
                 const uint64_t junk = ~0ull << (ci % 64);
@@ -126,12 +151,14 @@ void validate_op(const Op& op, size_t index) {
             need(5);
             if (op.cin < 1 || op.cout < 1 || op.cin > (1 << 16) || op.cout > (1 << 16))
                 fail(name + ": head sizes out of range");
-            expect_tensor(op, 0, DType::F32, {ci}, "head scale");
-            expect_tensor(op, 1, DType::F32, {ci}, "head bias");
-            expect_tensor(op, 2, DType::F32, {co, ci}, "classifier weight");
-            expect_tensor(op, 3, DType::F32, {co}, "classifier bias");
+            expect_tensor(op, 0, DType::F32, {ci}, name, "head scale");
+            expect_tensor(op, 1, DType::F32, {ci}, name, "head bias");
+            expect_tensor(op, 2, DType::F32, {co, ci}, name, "classifier weight");
+            expect_tensor(op, 3, DType::F32, {co}, name, "classifier bias");
             if (op.tensors[4].dtype != DType::U8 || op.tensors[4].dims.size() != 1)
                 fail(name + ": class names must be a 1-d u8 tensor");
+            if (!valid_utf8(op.tensors[4].u8(), op.tensors[4].count()))
+                fail(name + ": class names are not UTF-8 text");
             break;
         default:
             fail(name + ": unknown op kind " + std::to_string(static_cast<uint32_t>(op.kind)));
@@ -140,6 +167,7 @@ void validate_op(const Op& op, size_t index) {
 
 void validate_graph(const Model& m) {
     if (m.ops.empty()) fail("no ops");
+    if (m.ops.size() == 1 && m.ops[0].kind == OpKind::Input) fail("no compute op after the input op");
     int channels = -1;  // channels flowing between ops; -1 = not yet known
     for (size_t i = 0; i < m.ops.size(); ++i) {
         const Op& op = m.ops[i];
@@ -153,11 +181,14 @@ void validate_graph(const Model& m) {
     }
 }
 
+// Names separated by '\n': k separators give k+1 names (an empty tensor gives none), the same
+// rule as Python's str.split("\n") in xnornet.modelfile.class_names.
 std::vector<std::string> split_names(const TensorView& t) {
     std::vector<std::string> names;
+    if (t.count() == 0) return names;
     std::string cur;
     for (size_t i = 0; i < t.count(); ++i) {
-        char c = static_cast<char>(t.u8()[i]);
+        const char c = static_cast<char>(t.u8()[i]);
         if (c == '\n') {
             names.push_back(cur);
             cur.clear();
@@ -165,8 +196,18 @@ std::vector<std::string> split_names(const TensorView& t) {
             cur += c;
         }
     }
-    if (!cur.empty()) names.push_back(cur);
+    names.push_back(cur);
     return names;
+}
+
+int expected_params(OpKind kind) {
+    switch (kind) {
+        case OpKind::Input: return 3;
+        case OpKind::ConvFP:
+        case OpKind::BConv: return 7;
+        case OpKind::Head: return 2;
+    }
+    return -1;
 }
 
 }  // namespace
@@ -223,6 +264,14 @@ Model parse_model(std::vector<uint8_t> bytes) {
         const uint8_t* e = b + ops_at + uint64_t(i) * kOpEntryBytes;
         Op op;
         op.kind = static_cast<OpKind>(read_le<uint32_t>(e));
+        const uint32_t n_params = read_le<uint32_t>(e + 4);
+        const int want = expected_params(op.kind);
+        if (want < 0)
+            fail("op " + std::to_string(i) + ": unknown op kind " +
+                 std::to_string(static_cast<uint32_t>(op.kind)));
+        if (n_params != uint32_t(want))
+            fail("op " + std::to_string(i) + ": expected " + std::to_string(want) + " params, got " +
+                 std::to_string(n_params));
         int32_t p[kMaxParams];
         for (int j = 0; j < kMaxParams; ++j) p[j] = read_le<int32_t>(e + 8 + 4 * j);
         const uint32_t first = read_le<uint32_t>(e + 48), count = read_le<uint32_t>(e + 52);

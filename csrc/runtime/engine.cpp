@@ -20,6 +20,8 @@ namespace xnornet {
 
 namespace {
 
+constexpr int kMaxThreads = 1024;  // beyond this OpenMP runtimes fail; far past any real CPU
+
 // Output size of a conv; 0 when the kernel does not fit the padded input even once.
 int out_size(int in, int k, int stride, int pad) {
     return in + 2 * pad < k ? 0 : (in + 2 * pad - k) / stride + 1;
@@ -134,7 +136,7 @@ struct Engine::Workspace {
 
 Engine::Engine(Model model, int threads, const std::string& isa)
     : model_(std::move(model)), impl_(&select_implementation(isa)),
-      threads_(threads > 0 ? threads : omp_get_max_threads()) {
+      threads_(std::min(threads > 0 ? threads : omp_get_max_threads(), kMaxThreads)) {
     for (const Op& op : model_.ops) prepared_.push_back(prepare(op));
 }
 

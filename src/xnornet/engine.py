@@ -32,6 +32,7 @@ def _load_native():
 
 
 _engine = _load_native()
+MAX_THREADS = 1024  # the native side's limit too
 
 
 def cpu_features() -> dict[str, bool]:
@@ -63,8 +64,9 @@ class Engine:
     @classmethod
     def from_bytes(cls, data: bytes, threads: int | None = None, isa: str | None = None,
                    source: str = "model") -> "Engine":
-        if threads is not None and (not isinstance(threads, int) or threads < 1):
-            raise ValueError(f"threads must be a positive int or None, got {threads!r}")
+        if threads is not None and (not isinstance(threads, int) or isinstance(threads, bool)
+                                    or not 1 <= threads <= MAX_THREADS):
+            raise ValueError(f"threads must be an int in 1..{MAX_THREADS} or None, got {threads!r}")
         try:
             native = _engine.Engine(bytes(data), threads or 0, isa or "")
         except ValueError as e:

@@ -19,6 +19,7 @@ Packed bits: bit j of word p is channel 64p+j; 1 means +1; bits past cin are 0.
 """
 from __future__ import annotations
 
+import math
 import struct
 import zlib
 from dataclasses import dataclass, field
@@ -33,6 +34,7 @@ VERSION = 1
 HEADER_BYTES, OP_BYTES, TENSOR_BYTES, ALIGN = 64, 64, 32, 64
 INPUT, CONV_FP, BCONV, HEAD = 1, 2, 3, 4
 OP_NAMES = {INPUT: "input", CONV_FP: "conv_fp", BCONV: "bconv", HEAD: "head"}
+_N_PARAMS = {INPUT: 3, CONV_FP: 7, BCONV: 7, HEAD: 2}
 RES_NONE, RES_IDENTITY, RES_DOWNSAMPLE = 0, 1, 2
 _DTYPES = {1: np.dtype("<f4"), 2: np.dtype("<u8"), 3: np.dtype("u1")}
 _DTYPE_CODES = {v: k for k, v in _DTYPES.items()}
@@ -136,16 +138,20 @@ def from_bytes(data: bytes, source: str = "model") -> list[Op]:
         if code not in _DTYPES or ndim > 4:
             fail(f"tensor {i}: unknown dtype or too many dims")
         shape = tuple(dims[:ndim])
-        nbytes = int(np.prod(shape, dtype=np.uint64)) * _DTYPES[code].itemsize
+        nbytes = math.prod(shape) * _DTYPES[code].itemsize  # Python ints: no wrap-around
         if offset % ALIGN or offset + nbytes > len(data):
             fail(f"tensor {i}: data out of bounds or misaligned")
-        tensors.append(np.frombuffer(data, _DTYPES[code], int(np.prod(shape)), offset).reshape(shape))
+        tensors.append(np.frombuffer(data, _DTYPES[code], math.prod(shape), offset).reshape(shape))
     ops = []
     for i in range(n_ops):
         kind, n_params, *rest = _OP.unpack_from(data, HEADER_BYTES + OP_BYTES * i)
         params, first, count = rest[:10], rest[10], rest[11]
-        if first + count > n_tensors or n_params > 10:
+        if first + count > n_tensors:
             fail(f"op {i}: tensor range out of bounds")
+        if n_params != _N_PARAMS.get(kind, n_params):
+            fail(f"op {i}: expected {_N_PARAMS[kind]} params, got {n_params}")
+        if kind not in _N_PARAMS:
+            fail(f"op {i}: unknown op kind {kind}")
         ops.append(Op(kind, list(params[:n_params]), tensors[first:first + count]))
     return ops
 
@@ -159,4 +165,6 @@ def read_model(path) -> list[Op]:
 
 def class_names(ops: list[Op]) -> list[str]:
     head = ops[-1]
-    return bytes(head.tensors[4]).decode().split("\n") if head.kind == HEAD else []
+    if head.kind != HEAD or head.tensors[4].size == 0:
+        return []
+    return bytes(head.tensors[4]).decode().split("\n")
