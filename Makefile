@@ -23,7 +23,7 @@ $(STAMP): $(PY) $(SOURCES)
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q "$(TORCH)"
 	$(PIP) install -q "scikit-build-core>=0.10" "nanobind>=2.0" cmake ninja
-	$(PIP) install -q --no-build-isolation -e ".[train,test]"
+	$(PIP) install -q --no-build-isolation -e ".[train,test,bench]"
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -210,8 +210,23 @@ def run_export(a) -> int:
 
 
 def add_bench(sub):
-    p = sub.add_parser("bench", help="benchmarks (kernels: each binary conv layer vs PyTorch FP32)")
-    bsub = p.add_subparsers(dest="bench", required=True)
+    p = sub.add_parser("bench", help="end-to-end comparison vs PyTorch, ONNX Runtime, OpenVINO "
+                       "(or `bench kernels`)",
+                       description="End to end, each engine in its own subprocess: model bytes, "
+                       "top-1 and agreement with pytorch-bnn, latency at batch 1, throughput at "
+                       "batch 128, peak RSS, at 1 thread and all cores. `xnornet bench kernels` "
+                       "times each binary conv layer instead.")
+    p.add_argument("--model-file", help="packed BNN model file (.xnor)")
+    p.add_argument("--teacher", help="FP32 teacher checkpoint (model.safetensors) for the FP32 rows")
+    p.add_argument("--data-dir")
+    p.add_argument("--quick", action="store_true", help="1,000 test images, fewer repeats (~1-2 min)")
+    p.add_argument("--engines", default=",".join(ENGINE_NAMES),
+                   help=f"comma-separated subset of {','.join(ENGINE_NAMES)}")
+    p.add_argument("--threads", type=_ints, default=None,
+                   help="thread counts to measure (default: 1 and all cores)")
+    p.add_argument("--json", dest="json_out", help="write every number and the machine here")
+    p.add_argument("--plot", help="write a bar chart (PNG) here")
+    bsub = p.add_subparsers(dest="bench")
     k = bsub.add_parser("kernels", help="each binary conv layer: engine vs PyTorch FP32 conv, "
                         "binary GMAC/s, share of the measured XOR-popcount peak")
     k.add_argument("--model-file", help="packed model file (.xnor); default: the default bireal "
@@ -224,7 +239,11 @@ def add_bench(sub):
     k.add_argument("--json", dest="json_out", help="write every number here")
 
 
-def run_bench(a) -> int:
+ENGINE_NAMES = ("pytorch-fp32", "pytorch-bnn", "onnxruntime-fp32", "onnxruntime-bnn",
+                "openvino-bnn", "xnornet")
+
+
+def _run_bench_kernels(a) -> int:
     import tempfile
 
     from .bench import bench_kernels, format_kernels, random_model_file
@@ -235,6 +254,25 @@ def run_bench(a) -> int:
     print(format_kernels(result))
     if a.json_out:
         Path(a.json_out).write_text(json.dumps(result, indent=2) + "\n")
+    return 0
+
+
+def run_bench(a) -> int:
+    if a.bench == "kernels":
+        return _run_bench_kernels(a)
+    from .e2e_bench import format_table, plot, run_bench as e2e
+    if not a.model_file:
+        raise ValueError("--model-file is required (a packed BNN from `xnornet export`)")
+    engines = [e for e in a.engines.split(",") if e]
+    unknown = sorted(set(engines) - set(ENGINE_NAMES))
+    if unknown:
+        raise ValueError(f"unknown engines {unknown}; choose from {','.join(ENGINE_NAMES)}")
+    report = e2e(a.model_file, a.teacher, a.data_dir, a.quick, tuple(a.threads or (1, None)), engines)
+    print(format_table(report))
+    if a.json_out:
+        Path(a.json_out).write_text(json.dumps(report, indent=2) + "\n")
+    if a.plot:
+        plot(report, a.plot)
     return 0
 
 

@@ -1,0 +1,66 @@
+"""End-to-end benchmark plumbing on tiny data: every row runs in its own process, agrees with
+pytorch-bnn, and reports every number; OpenVINO's BinaryConvolution model matches our engine."""
+import json
+
+import numpy as np
+import pytest
+import torch
+
+import synthetic
+from test_export import _checkpoint
+from xnornet import cli
+from xnornet import modelfile as mf
+from xnornet.engine import Engine
+from xnornet.export import export_model
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("bench")
+    data = synthetic.write_python_batches(tmp / "data", n_train=10, n_test=40)
+    bnn, _ = _checkpoint("bireal", tmp, widths=(64, 128), depths=(1, 1))
+    fp32, _ = _checkpoint("fp32", tmp, widths=(64, 128), depths=(1, 1))
+    export_model(bnn, tmp / "bnn.xnor")
+    return tmp, data, tmp / "bnn.xnor", fp32
+
+
+def test_bench_end_to_end_quick(files):
+    tmp, data, model, teacher = files
+    out, png = tmp / "bench.json", tmp / "bench.png"
+    assert cli.main(["bench", "--model-file", str(model), "--teacher", str(teacher), "--data-dir",
+                     str(data), "--quick", "--threads", "1", "--json", str(out), "--plot", str(png)]) == 0
+    report = json.loads(out.read_text())
+    rows = {r["engine"]: r for r in report["results"]}
+    skipped = " ".join(report["notes"])
+    for engine in cli.ENGINE_NAMES:
+        assert engine in rows or engine in skipped, engine
+    assert {"xnornet", "pytorch-bnn", "pytorch-fp32"} <= set(rows)
+    for name, r in rows.items():
+        assert r["n"] == 40 and r["images_per_s"] > 0 and r["latency_ms"] > 0 and r["peak_rss_mb"] > 0
+        if name.endswith("bnn") or name == "xnornet":
+            assert r["agreement_with_pytorch_bnn"] == 1.0, name
+    assert rows["xnornet"]["model_bytes"] == model.stat().st_size
+    assert rows["xnornet"]["accuracy"] == rows["pytorch-bnn"]["accuracy"]
+    assert {"cpu", "cores", "cpu_features", "versions"} <= set(report["machine"])
+    assert png.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_bench_rejects_unknown_engine(files, capsys):
+    tmp, data, model, _ = files
+    assert cli.main(["bench", "--model-file", str(model), "--engines", "tensorflow"]) == 2
+    assert "unknown engines" in capsys.readouterr().err
+
+
+def test_openvino_binary_convolution_matches_engine(files):
+    ov = pytest.importorskip("openvino")
+    from xnornet.openvino_model import to_openvino
+    tmp, _, model, _ = files
+    ops = mf.read_model(model)
+    images = np.random.default_rng(0).integers(0, 256, (3, 32, 32, 3), dtype=np.uint8)
+    from xnornet.filemodel import FileModel
+    x = FileModel(ops).normalize(images).numpy()
+    compiled = ov.Core().compile_model(to_openvino(ops, batch=3), "CPU",
+                                       {"INFERENCE_PRECISION_HINT": "f32"})
+    types = {n.get_rt_info()["layerType"].astype(str) for n in compiled.get_runtime_model().get_ordered_ops()}
+    assert "BinaryConvolution" in types  # OpenVINO's own binary kernel runs, not a fallback
+    np.testing.assert_allclose(compiled(x)[0], Engine.load(model).run(images), rtol=1e-4, atol=1e-4)
