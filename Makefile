@@ -44,16 +44,20 @@ test-asan: $(STAMP)
 	XNORNET_NATIVE_LIB="$$(ls $(ASAN_BUILD)/_engine*.so)" \
 		$(PY) -m pytest -q -p no:cacheprovider tests/test_engine.py $(wildcard tests/test_engine_robustness.py)
 
-# Until a trained model ships with the package, the demo trains the optimized BNN briefly (2
-# epochs on 5,000 images), packs it, evaluates the packed file with the native engine and with
-# its PyTorch rebuild, and times each binary conv layer against PyTorch FP32.
+# Until trained models ship with the package, the demo trains a teacher and the optimized BNN
+# briefly (on 5,000 images), packs the BNN, evaluates the packed file with the native engine and
+# with its PyTorch rebuild, times each binary conv layer against PyTorch FP32, and ends with the
+# end-to-end comparison (quick mode) against PyTorch, ONNX Runtime and OpenVINO.
+DEMO := runs/demo
 demo: $(STAMP)
 	$(VENV)/bin/xnornet summary --model bireal
-	$(VENV)/bin/xnornet train --model bireal --epochs 2 --subset 5000 --out runs/demo
-	$(VENV)/bin/xnornet export --checkpoint runs/demo/model.safetensors --out runs/demo/model.xnor
-	$(VENV)/bin/xnornet eval --model-file runs/demo/model.xnor --engine native --subset 5000 --json runs/demo/eval-native.json
-	$(VENV)/bin/xnornet eval --model-file runs/demo/model.xnor --engine torch --subset 5000 --json runs/demo/eval-torch.json
-	$(VENV)/bin/xnornet bench kernels --model-file runs/demo/model.xnor --batch 64 --repeats 3
+	$(VENV)/bin/xnornet train --model fp32 --epochs 2 --subset 5000 --out $(DEMO)/teacher
+	$(VENV)/bin/xnornet train --model bireal --epochs 2 --subset 5000 --out $(DEMO)/bireal
+	$(VENV)/bin/xnornet export --checkpoint $(DEMO)/bireal/model.safetensors --out $(DEMO)/bireal.xnor
+	$(VENV)/bin/xnornet eval --model-file $(DEMO)/bireal.xnor --engine both --subset 5000 --json $(DEMO)/eval.json
+	$(VENV)/bin/xnornet bench kernels --model-file $(DEMO)/bireal.xnor --batch 64 --repeats 3
+	$(VENV)/bin/xnornet bench --quick --model-file $(DEMO)/bireal.xnor --teacher $(DEMO)/teacher/model.safetensors \
+		--json $(DEMO)/bench.json --plot $(DEMO)/bench.png
 
 clean:
 	rm -rf build runs/demo
