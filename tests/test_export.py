@@ -115,3 +115,27 @@ def test_onnx_export_runs_in_onnxruntime_and_agrees(kind, tmp_path):
     with torch.no_grad():
         want = file_model(x).numpy()
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+
+
+def test_cli_predict_top_classes(tmp_path, capsys):
+    from PIL import Image
+    ckpt, _ = _checkpoint("bireal", tmp_path, widths=(64, 128), depths=(1, 1))
+    export_model(ckpt, tmp_path / "m.xnor")
+    paths = []
+    for i, size in enumerate([(32, 32), (48, 40)]):  # any size: resized to the model's input
+        path = tmp_path / f"img{i}.png"
+        Image.fromarray(RNG.integers(0, 256, size + (3,), dtype=np.uint8)).save(path)
+        paths.append(str(path))
+    out = tmp_path / "p.json"
+    assert cli.main(["predict", *paths, "--model-file", str(tmp_path / "m.xnor"), "--top", "3",
+                     "--json", str(out)]) == 0
+    preds = json.loads(out.read_text())
+    assert [p["image"] for p in preds] == paths
+    for p in preds:
+        probs = [t["probability"] for t in p["top"]]
+        assert len(probs) == 3 and probs == sorted(probs, reverse=True) and 0 < sum(probs) <= 1 + 1e-6
+        assert all(t["class"].startswith("k") for t in p["top"])
+    assert paths[0] in capsys.readouterr().out
+    (tmp_path / "bad.png").write_bytes(b"not an image")
+    assert cli.main(["predict", str(tmp_path / "bad.png"), "--model-file", str(tmp_path / "m.xnor")]) == 2
+    assert "cannot read image" in capsys.readouterr().err

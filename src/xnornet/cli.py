@@ -276,6 +276,50 @@ def run_bench(a) -> int:
     return 0
 
 
+def add_predict(sub):
+    p = sub.add_parser("predict", help="classify image files with a packed model (top-k classes)",
+                       description="Classify image files (any format Pillow reads; resized to the "
+                       "model's input size) with the native engine.")
+    p.add_argument("images", nargs="+", help="image files")
+    p.add_argument("--model-file", help="packed model file (default: the shipped model)")
+    p.add_argument("--top", type=_positive, default=3, help="classes to show per image (default 3)")
+    p.add_argument("--json", dest="json_out", help="write the predictions here")
+
+
+def run_predict(a) -> int:
+    import numpy as np
+    from PIL import Image, UnidentifiedImageError
+
+    from . import modelfile as mf
+    from .assets import shipped_model
+    from .engine import Engine
+    model_file = a.model_file or shipped_model()
+    engine = Engine.load(model_file)
+    first = mf.read_model(model_file)[0]
+    if first.kind != mf.INPUT:
+        raise ValueError(f"{model_file} has no input op: it cannot take image files")
+    h, w = first.params[:2]
+    batch = []
+    for path in a.images:
+        try:
+            with Image.open(path) as im:
+                batch.append(np.asarray(im.convert("RGB").resize((w, h), Image.BILINEAR)))
+        except (OSError, UnidentifiedImageError) as e:
+            raise ValueError(f"cannot read image {path}: {e}") from None
+    logits = engine.run(np.stack(batch))
+    probs = np.exp(logits - logits.max(1, keepdims=True))
+    probs /= probs.sum(1, keepdims=True)
+    names = engine.class_names or [str(i) for i in range(logits.shape[1])]
+    out = []
+    for path, p in zip(a.images, probs):
+        top = np.argsort(-p)[:a.top]
+        out.append({"image": path, "top": [{"class": names[i], "probability": float(p[i])} for i in top]})
+        print(f"{path}: " + ", ".join(f"{names[i]} {100 * p[i]:.1f}%" for i in top))
+    if a.json_out:
+        Path(a.json_out).write_text(json.dumps(out, indent=2) + "\n")
+    return 0
+
+
 def add_summary(sub):
     p = sub.add_parser("summary", help="per-layer table: params, bits, memory, MACs")
     p.add_argument("--model", choices=MODEL_CHOICES, default="bireal")
@@ -300,13 +344,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="xnornet", description="Binary neural networks: train "
                                      "XNOR-Net / Bi-Real models on CIFAR-10 and run them bitwise.")
     sub = parser.add_subparsers(dest="command", required=True)
-    for add in (add_train, add_eval, add_export, add_bench, add_summary):
+    for add in (add_train, add_eval, add_export, add_bench, add_predict, add_summary):
         add(sub)
     return parser
 
 
 COMMANDS = {"train": run_train, "eval": run_eval, "export": run_export, "bench": run_bench,
-            "summary": run_summary}
+            "predict": run_predict, "summary": run_summary}
 
 
 def main(argv=None) -> int:
