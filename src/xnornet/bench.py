@@ -11,7 +11,6 @@ import time
 import numpy as np
 
 from . import modelfile as mf
-from .engine import Engine, _engine
 
 
 def layer_shapes(ops: list[mf.Op], h: int = 32, w: int = 32) -> list[tuple[int, mf.Op, int, int]]:
@@ -74,6 +73,7 @@ def bench_kernels(model_path, batch=128, threads=1, repeats=5, isa=None, progres
     import torch
     from tqdm import tqdm
 
+    from .engine import Engine, _engine
     torch.set_num_threads(threads)
     ops = mf.read_model(model_path)
     engine = Engine.load(model_path, threads=threads, isa=isa)

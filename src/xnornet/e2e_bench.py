@@ -13,7 +13,6 @@ import json
 import os
 import platform
 import resource
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -21,6 +20,8 @@ import time
 from pathlib import Path
 
 import numpy as np
+
+from .bench import median_time
 
 ENGINES = ("pytorch-fp32", "pytorch-bnn", "onnxruntime-fp32", "onnxruntime-bnn", "openvino-bnn",
            "xnornet")
@@ -86,16 +87,6 @@ def _runner(engine: str, model_file: str, fp32_file: str, threads: int, batch: i
     return engine_.run, Path(model_file).stat().st_size
 
 
-def _median_time(fn, repeats):
-    fn()
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
-
-
 def peak_rss_kib() -> int:
     """Peak resident memory of this process image. VmHWM, not getrusage's ru_maxrss, which Linux
     carries across exec from the forking parent (here: the orchestrator holding the data set)."""
@@ -120,8 +111,8 @@ def worker(args: dict) -> dict:
         preds = np.concatenate([run(images[i:i + 500]).argmax(1) for i in range(0, len(images), 500)])
         one = images[:1]
         big = np.resize(images, (args["batch"],) + images.shape[1:])
-        latency = _median_time(lambda: run(one), args["latency_repeats"])
-        throughput = args["batch"] / _median_time(lambda: run(big), args["repeats"])
+        latency = median_time(lambda: run(one), args["latency_repeats"])
+        throughput = args["batch"] / median_time(lambda: run(big), args["repeats"])
     rss_kb = peak_rss_kib()
     return {"engine": args["engine"], "threads": args["threads"], "batch": args["batch"],
             "images_per_s": throughput, "latency_ms": 1e3 * latency, "peak_rss_mb": rss_kb / 1024,
