@@ -139,3 +139,17 @@ def test_cli_predict_top_classes(tmp_path, capsys):
     (tmp_path / "bad.png").write_bytes(b"not an image")
     assert cli.main(["predict", str(tmp_path / "bad.png"), "--model-file", str(tmp_path / "m.xnor")]) == 2
     assert "cannot read image" in capsys.readouterr().err
+
+
+def test_cli_defaults_to_the_shipped_model_or_says_there_is_none(tmp_path, capsys, monkeypatch):
+    import xnornet.assets as assets
+    monkeypatch.setattr(assets, "SHIPPED_MODEL", tmp_path / "none.xnor")
+    assert cli.main(["eval", "--data-dir", str(tmp_path)]) == 2
+    assert "--model-file" in capsys.readouterr().err
+    ckpt, _ = _checkpoint("xnor", tmp_path, widths=(64, 128), depths=(1, 1))
+    export_model(ckpt, tmp_path / "shipped.xnor")
+    monkeypatch.setattr(assets, "SHIPPED_MODEL", tmp_path / "shipped.xnor")
+    import synthetic
+    data = synthetic.write_python_batches(tmp_path / "data", n_train=10, n_test=20)
+    assert cli.main(["eval", "--data-dir", str(data), "--json", str(tmp_path / "e.json")]) == 0
+    assert json.loads((tmp_path / "e.json").read_text())["model_file"] == str(tmp_path / "shipped.xnor")

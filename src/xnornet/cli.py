@@ -91,9 +91,10 @@ def add_eval(sub):
     p = sub.add_parser("eval", help="top-1 accuracy on the CIFAR-10 test set",
                        description="Evaluate a training checkpoint (PyTorch) or a packed model file "
                        "with the native engine or its PyTorch rebuild.")
-    src = p.add_mutually_exclusive_group(required=True)
+    src = p.add_mutually_exclusive_group()
     src.add_argument("--checkpoint", help="model.safetensors or checkpoint.safetensors (PyTorch)")
-    src.add_argument("--model-file", help="packed model file (.xnor) from `xnornet export`")
+    src.add_argument("--model-file", help="packed model file (.xnor) from `xnornet export` "
+                     "(default, when neither is given: the model shipped in the package)")
     p.add_argument("--engine", choices=["native", "torch", "both"], default="native",
                    help="runtime for --model-file: the native engine, the PyTorch model rebuilt "
                    "from the file, or both with their top-1 agreement and largest logit "
@@ -169,6 +170,9 @@ def _model_file_evaluator(a):
 
 def run_eval(a) -> int:
     from . import data as xdata
+    if not a.checkpoint and not a.model_file:
+        from .assets import shipped_model
+        a.model_file = str(shipped_model())
     # Load the model before the data: a bad model file fails in a second, not after decoding.
     evaluate = _checkpoint_evaluator(a) if a.checkpoint else _model_file_evaluator(a)
     ds = xdata.load_cifar10(a.data_dir)
