@@ -45,6 +45,17 @@ def test_bench_end_to_end_quick(files):
     assert png.read_bytes()[:4] == b"\x89PNG"
 
 
+def test_engine_lists_agree():
+    from xnornet.e2e_bench import ENGINES
+    assert tuple(cli.ENGINE_NAMES) == ENGINES
+
+
+def test_bench_and_bench_kernels_options_do_not_collide():
+    args = cli.build_parser().parse_args(["bench", "--model-file", "x.xnor", "--threads", "2",
+                                          "kernels", "--model-file", "y.xnor"])
+    assert (args.model_file, args.threads, args.k_model_file) == ("x.xnor", (2,), "y.xnor")
+
+
 def test_bench_rejects_unknown_engine(files, capsys):
     tmp, data, model, _ = files
     assert cli.main(["bench", "--model-file", str(model), "--engines", "tensorflow"]) == 2

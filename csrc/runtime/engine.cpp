@@ -150,7 +150,15 @@ int Engine::input_channels() const {
 
 bool Engine::has_input_normalization() const { return model_.ops.front().kind == OpKind::Input; }
 
+namespace {
+void check_dims(int n, int h, int w) {
+    if (n < 1 || h < 1 || w < 1)
+        throw std::invalid_argument("need at least one image of at least 1x1 pixels");
+}
+}  // namespace
+
 std::vector<int64_t> Engine::output_shape(int n, int h, int w) const {
+    check_dims(n, h, w);
     int c = input_channels();
     for (const Op& op : model_.ops) {
         if (op.kind == OpKind::Head) return {n, op.cout};
@@ -300,8 +308,9 @@ void Engine::run_graph(Workspace& ws, Buffers& buf, int n, int first_img, float*
 }
 
 void Engine::execute(Workspace& ws, const std::function<void(float*, int)>& fill, float* out) {
-    std::vector<double> times(profiling_ ? ws.layers.size() : 0, 0.0);
-    std::vector<double>* t = profiling_ ? &times : nullptr;
+    const bool profiling = profiling_.load();  // read once: another thread may flip it
+    std::vector<double> times(profiling ? ws.layers.size() : 0, 0.0);
+    std::vector<double>* t = profiling ? &times : nullptr;
     const size_t image_floats = size_t(ws.h) * ws.w * input_channels();
     if (ws.image_major) {
 #pragma omp parallel for schedule(dynamic, 1) num_threads(threads_)
@@ -325,6 +334,7 @@ using WorkspaceGuard = std::unique_ptr<Engine::Workspace, std::function<void(Eng
 }
 
 void Engine::run_u8_nhwc(const uint8_t* x, int n, int h, int w, int c, float* out) {
+    check_dims(n, h, w);
     if (!has_input_normalization())
         throw std::invalid_argument("this model has no input normalization: pass float32 NCHW");
     const Op& in = model_.ops.front();
@@ -342,6 +352,7 @@ void Engine::run_u8_nhwc(const uint8_t* x, int n, int h, int w, int c, float* ou
 }
 
 void Engine::run_f32_nchw(const float* x, int n, int c, int h, int w, float* out) {
+    check_dims(n, h, w);
     if (c != input_channels())
         throw std::invalid_argument("expected " + std::to_string(input_channels()) + " channels");
     WorkspaceGuard ws(acquire(n, h, w), [this](Workspace* p) { release(p); });

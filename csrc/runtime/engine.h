@@ -1,6 +1,7 @@
 // The whole-network runtime: runs every op of a model file in one native call, no Python between
 // layers. Buffers are allocated once per input shape and reused; run() is thread-safe.
 #pragma once
+#include <atomic>
 #include <cstdint>
 #include <functional>
 #include <memory>
@@ -24,8 +25,9 @@ public:
     // input op), or already-normalized float32 (N, C, H, W). out: output_shape(n, h, w) floats.
     void run_u8_nhwc(const uint8_t* x, int n, int h, int w, int c, float* out);
     void run_f32_nchw(const float* x, int n, int c, int h, int w, float* out);
-    // Seconds spent in each compute op of the last run on this thread's call, when profiling.
-    void set_profiling(bool on) { profiling_ = on; }
+    // When profiling, seconds spent in each compute op by the last finished run (engine-wide, not
+    // per caller; in image-major runs, thread 0's share of the batch). For benchmarks.
+    void set_profiling(bool on) { profiling_.store(on); }
     std::vector<double> last_profile();
 
     // {n, classes} when the model ends in a head, else {n, C, H, W} of the last feature map.
@@ -53,7 +55,7 @@ private:
     std::vector<std::unique_ptr<Prepared>> prepared_;  // one per op
     std::mutex pool_mutex_;
     std::vector<std::unique_ptr<Workspace>> pool_;     // idle workspaces
-    bool profiling_ = false;
+    std::atomic<bool> profiling_{false};
     std::vector<double> profile_;                      // guarded by pool_mutex_
 };
 

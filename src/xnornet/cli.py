@@ -1,4 +1,5 @@
-"""Command line: ``xnornet train|eval|summary``. A thin layer over the library modules."""
+"""Command line: ``xnornet train|eval|export|bench|predict|summary``. A thin layer over the
+library modules; heavy imports (torch, the engine) happen inside the commands that need them."""
 from __future__ import annotations
 
 import argparse
@@ -6,6 +7,7 @@ import json
 import sys
 from pathlib import Path
 
+from .config import ALIASES, MODEL_KINDS
 from .errors import XnornetError
 
 
@@ -23,7 +25,7 @@ def _positive(text: str) -> int:
     return v
 
 
-MODEL_CHOICES = ["fp32", "baseline", "xnor", "bireal"]
+MODEL_CHOICES = list(MODEL_KINDS) + sorted(ALIASES)
 
 
 def _add_trunk_args(p):
@@ -213,6 +215,12 @@ def run_export(a) -> int:
     return 0
 
 
+# Kept here (not imported from e2e_bench) so that `xnornet --help` stays light; a test checks
+# that the two lists agree.
+ENGINE_NAMES = ("pytorch-fp32", "pytorch-bnn", "onnxruntime-fp32", "onnxruntime-bnn",
+                "openvino-bnn", "xnornet")
+
+
 def add_bench(sub):
     p = sub.add_parser("bench", help="end-to-end comparison vs PyTorch, ONNX Runtime, OpenVINO "
                        "(or `bench kernels`)",
@@ -233,18 +241,15 @@ def add_bench(sub):
     bsub = p.add_subparsers(dest="bench")
     k = bsub.add_parser("kernels", help="each binary conv layer: engine vs PyTorch FP32 conv, "
                         "binary GMAC/s, share of the measured XOR-popcount peak")
-    k.add_argument("--model-file", help="packed model file (.xnor); default: the default bireal "
-                   "trunk with random weights (timings do not depend on the weights)")
+    # dests differ from the parent's: argparse would let these defaults overwrite its values
+    k.add_argument("--model-file", dest="k_model_file", help="packed model file (.xnor); default: "
+                   "the default bireal trunk with random weights (timings do not depend on weights)")
     k.add_argument("--batch", type=_positive, default=128)
-    k.add_argument("--threads", type=_positive, default=1)
+    k.add_argument("--threads", dest="k_threads", type=_positive, default=1)
     k.add_argument("--repeats", type=_positive, default=5)
     k.add_argument("--isa", choices=["avx512", "avx2", "generic"], default=None,
                    help="force a kernel implementation (default: best for this CPU)")
-    k.add_argument("--json", dest="json_out", help="write every number here")
-
-
-ENGINE_NAMES = ("pytorch-fp32", "pytorch-bnn", "onnxruntime-fp32", "onnxruntime-bnn",
-                "openvino-bnn", "xnornet")
+    k.add_argument("--json", dest="k_json_out", help="write every number here")
 
 
 def _run_bench_kernels(a) -> int:
@@ -252,12 +257,12 @@ def _run_bench_kernels(a) -> int:
 
     from .bench import bench_kernels, format_kernels, random_model_file
     with tempfile.TemporaryDirectory() as tmp:
-        model_file = a.model_file or random_model_file(Path(tmp) / "bireal-random.xnor")
-        result = bench_kernels(model_file, a.batch, a.threads, a.repeats, a.isa)
-    result["model_file"] = a.model_file or "default bireal trunk, random weights"
+        model_file = a.k_model_file or random_model_file(Path(tmp) / "bireal-random.xnor")
+        result = bench_kernels(model_file, a.batch, a.k_threads, a.repeats, a.isa)
+    result["model_file"] = a.k_model_file or "default bireal trunk, random weights"
     print(format_kernels(result))
-    if a.json_out:
-        Path(a.json_out).write_text(json.dumps(result, indent=2) + "\n")
+    if a.k_json_out:
+        Path(a.k_json_out).write_text(json.dumps(result, indent=2) + "\n")
     return 0
 
 

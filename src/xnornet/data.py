@@ -171,8 +171,13 @@ def _read_batch(path: Path) -> Split:
 
 
 def load_python_batches(folder: Path) -> tuple[Split, Split]:
-    parts = [_read_batch(folder / f"data_batch_{i}") for i in range(1, 6)
-             if (folder / f"data_batch_{i}").is_file()]
+    present = [i for i in range(1, 6) if (folder / f"data_batch_{i}").is_file()]
+    if len(present) < 5:
+        import warnings
+        missing = ", ".join(f"data_batch_{i}" for i in range(1, 6) if i not in present)
+        warnings.warn(f"{folder}: {missing} missing; training on {len(present)} of 5 batches",
+                      stacklevel=2)
+    parts = [_read_batch(folder / f"data_batch_{i}") for i in present]
     train = Split(np.concatenate([p.images for p in parts]), np.concatenate([p.labels for p in parts]))
     return train, _read_batch(folder / "test_batch")
 

@@ -32,7 +32,7 @@ NEEDS = {"pytorch-fp32": "torch", "pytorch-bnn": "torch", "onnxruntime-fp32": "o
 
 # ---------------------------------------------------------------- worker (one engine, one process)
 
-def _runner(engine: str, model_file: str, fp32_file: str, threads: int, batch: int, workdir: Path):
+def _runner(engine: str, model_file: str, fp32_file: str, threads: int, workdir: Path):
     """-> (predict-logits function on uint8 NHWC images, model bytes on disk)."""
     from . import modelfile as mf
     path = fp32_file if engine in FP32_ENGINES else model_file
@@ -105,7 +105,7 @@ def worker(args: dict) -> dict:
     latency_repeats, batch."""
     with tempfile.TemporaryDirectory() as tmp:
         run, size = _runner(args["engine"], args["model_file"], args["fp32_file"], args["threads"],
-                            args["batch"], Path(tmp))
+                            Path(tmp))
         data = np.load(args["test_npz"])
         images, labels = data["images"], data["labels"]
         preds = np.concatenate([run(images[i:i + 500]).argmax(1) for i in range(0, len(images), 500)])

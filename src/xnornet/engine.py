@@ -114,10 +114,11 @@ class Engine:
             raise ValueError(f"expected {want} channels in {layout}, got shape {x.shape}")
         if min(h, w) < 1:
             raise ValueError(f"images have no pixels: shape {x.shape}")
-        try:
-            out = np.empty(self._native.output_shape(n, h, w), np.float32)
+        try:  # the shape of one image's output, then n of them
+            shape = self._native.output_shape(1, h, w)
         except ValueError as e:
             raise ValueError(f"{e} (input shape {x.shape})") from None
+        out = np.empty([n] + list(shape[1:]), np.float32)
         if n == 0:
             return out
         try:
@@ -136,7 +137,7 @@ class Engine:
 
 def default_isa() -> str:
     """The implementation Engine.load would pick now (honours $XNORNET_ISA)."""
-    forced = os.environ.get("XNORNET_ISA")
-    if forced:
+    forced = os.environ.get("XNORNET_ISA", "auto")
+    if forced != "auto":
         return forced
     return next(i["name"] for i in implementations() if i["supported"])

@@ -75,8 +75,9 @@ def _block_op(kind, w, prefix, cin, cout, stride) -> mf.Op:
                  [np.ones(cin, np.float32), thr, bits, (alpha * s).astype(np.float32), b])
 
 
-def ops_from_checkpoint(path) -> list[mf.Op]:
-    w, meta = read_checkpoint_np(path)
+def ops_from_checkpoint(path, checkpoint=None) -> list[mf.Op]:
+    """checkpoint: (weights, metadata) already read from path, to avoid reading it twice."""
+    w, meta = checkpoint or read_checkpoint_np(path)
     try:
         cfg = TrunkConfig(**meta["model_config"])
         w0 = cfg.widths[0]
@@ -103,9 +104,10 @@ def ops_from_checkpoint(path) -> list[mf.Op]:
 
 def export_model(checkpoint, out) -> dict:
     """Write the packed model file; returns sizes for reporting."""
-    ops = ops_from_checkpoint(checkpoint)
+    weights, meta = read_checkpoint_np(checkpoint)
+    ops = ops_from_checkpoint(checkpoint, (weights, meta))
     size = mf.write_model(out, ops)
-    fp32_bytes = sum(4 * v.size for k, v in read_checkpoint_np(checkpoint)[0].items()
+    fp32_bytes = sum(4 * v.size for k, v in weights.items()
                      if not k.endswith(("running_mean", "running_var", "num_batches_tracked")))
     return {"path": str(out), "bytes": size, "fp32_weight_bytes": fp32_bytes,
             "ratio": fp32_bytes / size, "ops": len(ops)}

@@ -1,7 +1,7 @@
 """Packed model file -> OpenVINO model whose binary convs are opset1 BinaryConvolution
 ("xnor-popcount"), so OpenVINO's CPU plugin runs them with its own x86 binary kernel.
 
-Facts this relies on (checked by tests/test_openvino.py against our engine): u1 constants pack
+Facts this relies on (checked against our engine by tests/test_bench.py): u1 constants pack
 8 weights per byte, first weight in the lowest bit, bit 1 = +1; pad_value 0.0 is exact zero
 padding; the output equals a float conv on +-1 inputs.
 Input `images`: float32 (N, C, H, W), normalized; output: logits.

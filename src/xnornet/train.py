@@ -117,15 +117,15 @@ def autocast_for(device: torch.device, amp: str):
 
 
 def make_optimizer(model, cfg: TrainConfig):
-    binary = [p for m in model.modules() if isinstance(m, QuantConv2d) and m.is_binary
-              for p in [m.weight]]
-    binary_ids = {id(p) for p in binary}
-    rest = [p for p in model.parameters() if id(p) not in binary_ids]
-    if cfg.optimizer == "sgd":
+    if cfg.optimizer == "sgd":  # weight decay on every parameter (the fp32 teacher's recipe)
         wd = 5e-4 if cfg.weight_decay is None else cfg.weight_decay
         return torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=0.9, nesterov=True,
                                weight_decay=wd)
-    # Weight decay on latent binary weights only pulls them toward 0, where signs flip randomly.
+    # AdamW: no weight decay on latent binary weights, which it would only pull toward 0, where
+    # their signs flip at random.
+    binary = [m.weight for m in model.modules() if isinstance(m, QuantConv2d) and m.is_binary]
+    binary_ids = {id(p) for p in binary}
+    rest = [p for p in model.parameters() if id(p) not in binary_ids]
     wd = 1e-4 if cfg.weight_decay is None else cfg.weight_decay
     return torch.optim.AdamW([{"params": binary, "weight_decay": 0.0},
                               {"params": rest, "weight_decay": wd}], lr=cfg.lr)
@@ -186,7 +186,11 @@ def train(cfg: TrainConfig) -> dict:
     ckpt_path = out / "checkpoint.safetensors"
     torch.manual_seed(cfg.seed)
 
+    if world > 1 and not main:
+        dist.barrier()  # rank 0 downloads/decodes first; the others then read its files
     ds = xdata.load_cifar10(cfg.data_dir, progress=cfg.progress and main)
+    if world > 1 and main:
+        dist.barrier()
     train_split, test_split = ds.train.head(cfg.subset), ds.test.head(cfg.subset)
     mean, std = xdata.CIFAR10_MEAN, xdata.CIFAR10_STD
     train_x = torch.from_numpy(train_split.images).to(device)
@@ -202,6 +206,13 @@ def train(cfg: TrainConfig) -> dict:
         if meta["model_config"] != model.config.to_dict():
             raise ValueError(f"{ckpt_path} holds a {meta['model_config']} model, not the requested "
                              f"{model.config.to_dict()}; use another --out or drop --resume")
+        # The LR schedule and the data order depend on these: resuming with others would jump.
+        saved = meta["train_config"]
+        changed = [k for k in ("epochs", "batch_size", "seed", "lr", "optimizer")
+                   if saved.get(k) != getattr(cfg, k)] + (["world size"] if meta["world_size"] != world else [])
+        if changed:
+            raise ValueError(f"cannot resume {ckpt_path} with different {', '.join(changed)}; "
+                             "use the original settings or another --out")
         model.load_state_dict(model_sd)
         optimizer.load_state_dict(optim_sd)
         history, start_epoch = meta["history"], meta["epoch"]
@@ -237,7 +248,10 @@ def train(cfg: TrainConfig) -> dict:
         net.train()
         t0 = time.perf_counter()
         g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch)
-        perm = torch.randperm(n, generator=g)[rank::world]
+        perm = torch.randperm(n, generator=g)
+        # Equal shards (as DistributedSampler): pad with the permutation's first images, so every
+        # rank runs the same number of non-empty steps.
+        perm = torch.cat([perm, perm[:(-n) % world]])[rank::world]
         loss_sum = correct = seen = 0
         bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch + 1}/{cfg.epochs}",
                    disable=not (cfg.progress and main), leave=False, mininterval=2.0)
@@ -268,6 +282,7 @@ def train(cfg: TrainConfig) -> dict:
         bar.close()
         train_seconds = time.perf_counter() - t0
         test_acc, test_loss = evaluate(net, test_split, device, mean, std, autocast=autocast)
+        seen = max(seen, 1)
         row = {"epoch": epoch + 1, "train_loss": loss_sum / seen, "train_acc": correct / seen,
                "test_loss": test_loss, "test_acc": test_acc, "lr": optimizer.param_groups[0]["lr"],
                "epoch_seconds": round(train_seconds, 2)}
