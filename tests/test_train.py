@@ -230,3 +230,13 @@ def test_cli_summary_and_help(capsys):
         cli.main(["train", "--help"])
     assert e.value.code == 0
     assert "--kd-temperature" in capsys.readouterr().out
+
+
+def test_partial_python_layout_warns(separable_data, recwarn):
+    from xnornet.data import load_cifar10
+    import warnings
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        ds = load_cifar10(separable_data, download=False, progress=False)
+    assert len(ds.train) == 600
+    assert any("data_batch_2" in str(w.message) and "1 of 5" in str(w.message) for w in caught)
