@@ -229,7 +229,8 @@ def add_bench(sub):
                        "batch 128, peak RSS, at 1 thread and all cores. `xnornet bench kernels` "
                        "times each binary conv layer instead.")
     p.add_argument("--model-file", help="packed BNN model file (.xnor)")
-    p.add_argument("--teacher", help="FP32 teacher checkpoint (model.safetensors) for the FP32 rows")
+    p.add_argument("--teacher", help="FP32 teacher checkpoint (model.safetensors) for the FP32 rows "
+                   "(default: the teacher shipped in the package)")
     p.add_argument("--data-dir")
     p.add_argument("--quick", action="store_true", help="1,000 test images, fewer repeats (~1-2 min)")
     p.add_argument("--engines", default=",".join(ENGINE_NAMES),
@@ -276,7 +277,9 @@ def run_bench(a) -> int:
     unknown = sorted(set(engines) - set(ENGINE_NAMES))
     if unknown:
         raise ValueError(f"unknown engines {unknown}; choose from {','.join(ENGINE_NAMES)}")
-    report = e2e(a.model_file, a.teacher, a.data_dir, a.quick, tuple(a.threads or (1, None)), engines)
+    from .assets import SHIPPED_TEACHER
+    teacher = a.teacher or (str(SHIPPED_TEACHER) if SHIPPED_TEACHER.is_file() else None)
+    report = e2e(a.model_file, teacher, a.data_dir, a.quick, tuple(a.threads or (1, None)), engines)
     print(format_table(report))
     if a.json_out:
         Path(a.json_out).write_text(json.dumps(report, indent=2) + "\n")
