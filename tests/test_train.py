@@ -222,6 +222,13 @@ def test_cli_eval_writes_json_and_bad_input_is_a_clear_error(separable_data, tmp
     assert "--data-dir" in capsys.readouterr().err
 
 
+def test_cli_version(capsys):
+    import xnornet
+    with pytest.raises(SystemExit) as e:
+        cli.main(["--version"])
+    assert e.value.code == 0 and xnornet.__version__ in capsys.readouterr().out
+
+
 def test_cli_summary_and_help(capsys):
     assert cli.main(["summary", "--model", "xnor", "--widths", "64,128", "--depths", "1,1"]) == 0
     out = capsys.readouterr().out

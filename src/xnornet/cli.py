@@ -355,6 +355,8 @@ def run_summary(a) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="xnornet", description="Binary neural networks: train "
                                      "XNOR-Net / Bi-Real models on CIFAR-10 and run them bitwise.")
+    from . import __version__
+    parser.add_argument("--version", action="version", version=f"xnornet {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     for add in (add_train, add_eval, add_export, add_bench, add_predict, add_summary):
         add(sub)
