@@ -23,6 +23,35 @@ def test_binarize_keeps_dtype(dtype):
     assert binarize(torch.randn(5, dtype=dtype)).dtype == dtype
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("quantizer", [SteSign, ApproxSign])
+def test_output_is_exactly_plus_minus_one_while_training(quantizer, dtype):
+    # the straight-through form adds (s - s.detach()) to sign(x): it must add exactly 0
+    x = (torch.randn(4096) * 3).to(dtype).requires_grad_(True)
+    out = quantizer()(x)
+    assert out.dtype == dtype and out.requires_grad
+    assert torch.equal(out.detach(), torch.where(x.detach() >= 0, 1.0, -1.0).to(dtype))
+
+
+@pytest.mark.parametrize("kind", ["xnor", "bireal"])
+def test_compiled_gradients_match_eager(kind):
+    """torch.compile must pass gradients through binarization (on CUDA it once did not)."""
+    from xnornet.models import build_model
+
+    def grads(compiled):
+        torch.manual_seed(0)
+        model = build_model(kind, widths=(8, 16), depths=(1, 1))
+        net = torch.compile(model) if compiled else model
+        x = torch.randn(4, 3, 8, 8, generator=torch.Generator().manual_seed(1))
+        F.cross_entropy(net(x), torch.arange(4)).backward()
+        return {n: p.grad for n, p in model.named_parameters()}
+
+    eager, compiled = grads(False), grads(True)
+    assert compiled["stem.0.weight"].abs().sum() > 0  # reached the layer below every binary conv
+    for name, g in eager.items():
+        assert torch.allclose(compiled[name], g, rtol=1e-3, atol=1e-5), name
+
+
 def _grad(q, x):
     x = x.clone().requires_grad_(True)
     q(x).backward(torch.ones_like(x))

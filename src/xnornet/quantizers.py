@@ -19,28 +19,27 @@ def binarize(x: torch.Tensor) -> torch.Tensor:
     return torch.where(x >= 0, 1.0, -1.0).to(x.dtype)
 
 
-class _SteSign(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x):
-        ctx.save_for_backward(x)
-        return binarize(x)
+def straight_through(x: torch.Tensor, surrogate: torch.Tensor) -> torch.Tensor:
+    """binarize(x) in the forward pass, the gradient of ``surrogate`` (a function of x) backward.
 
-    @staticmethod
-    def backward(ctx, grad):
-        (x,) = ctx.saved_tensors
-        return grad * (x.abs() <= 1).to(grad.dtype)
+    ``s - s.detach()`` is exactly 0 for finite s, so the forward value is exactly +-1, and autograd
+    sees only the surrogate. Written with plain tensor ops rather than a custom autograd.Function:
+    torch.compile on CUDA (torch 2.11, inductor) dropped the gradient through such a Function,
+    which left every layer below the first binary one untrained (tests/test_cuda.py).
+    """
+    return binarize(x) + (surrogate - surrogate.detach())
 
 
-class _ApproxSign(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x):
-        ctx.save_for_backward(x)
-        return binarize(x)
+def ste_sign(x: torch.Tensor) -> torch.Tensor:
+    """sign(x); gradient 1 where |x| <= 1, else 0 (the gradient of clamp(x, -1, 1))."""
+    return straight_through(x, x.clamp(-1.0, 1.0))
 
-    @staticmethod
-    def backward(ctx, grad):
-        (x,) = ctx.saved_tensors
-        return grad * (2.0 - 2.0 * x.abs()).clamp_(min=0.0).to(grad.dtype)
+
+def approx_sign(x: torch.Tensor) -> torch.Tensor:
+    """sign(x); gradient 2 - 2|x| where |x| <= 1, else 0: Bi-Real's ApproxSign, the derivative of
+    the piecewise polynomial 2c - c|c| with c = clamp(x, -1, 1)."""
+    c = x.clamp(-1.0, 1.0)
+    return straight_through(x, 2.0 * c - c * c.abs())
 
 
 class Quantizer(nn.Module):
@@ -57,14 +56,14 @@ class SteSign(Quantizer):
     name = "ste_sign"
 
     def forward(self, x):
-        return _SteSign.apply(x)
+        return ste_sign(x)
 
 
 class ApproxSign(Quantizer):
     name = "approx_sign"
 
     def forward(self, x):
-        return _ApproxSign.apply(x)
+        return approx_sign(x)
 
 
 QUANTIZERS = {cls.name: cls for cls in (SteSign, ApproxSign)}

@@ -50,7 +50,7 @@ class TrainConfig:
     subset: int | None = None        # first N train and N test images (smoke runs)
     resume: bool = False
     amp: str = "auto"                # auto: bfloat16 where the CPU/GPU has native support
-    compile: str = "auto"            # auto: torch.compile unless --subset (compiling costs ~30 s)
+    compile: str = "auto"            # auto: torch.compile on CPU unless --subset (costs ~30 s)
     widths: tuple[int, ...] = TrunkConfig.widths
     depths: tuple[int, ...] = TrunkConfig.depths
     progress: bool = True
@@ -225,7 +225,12 @@ def train(cfg: TrainConfig) -> dict:
         teacher = teacher.to(memory_format=torch.channels_last)
 
     autocast, amp = autocast_for(device, cfg.amp)
-    use_compile = cfg.compile == "on" or (cfg.compile == "auto" and cfg.subset is None)
+    # auto: compile on the CPU only. On CUDA (torch 2.11) compiled binary models once trained
+    # without gradients below the first binary conv; the quantizers are now written so that cannot
+    # happen, but until that is re-checked on a GPU (tests/test_cuda.py) CUDA runs eager unless
+    # --compile on.
+    use_compile = cfg.compile == "on" or (cfg.compile == "auto" and cfg.subset is None
+                                          and device.type == "cpu")
     net = torch.compile(model) if use_compile else model
     if teacher is not None and use_compile:
         teacher = torch.compile(teacher)
