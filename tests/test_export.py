@@ -153,3 +153,23 @@ def test_cli_defaults_to_the_shipped_model_or_says_there_is_none(tmp_path, capsy
     data = synthetic.write_python_batches(tmp_path / "data", n_train=10, n_test=20)
     assert cli.main(["eval", "--data-dir", str(data), "--json", str(tmp_path / "e.json")]) == 0
     assert json.loads((tmp_path / "e.json").read_text())["model_file"] == str(tmp_path / "shipped.xnor")
+
+
+def test_shipped_models_are_small_trained_and_run(capsys):
+    """The packed BNN in the package: < 1 MB, CIFAR-10 classes, engine == its PyTorch rebuild, and
+    the default of eval/bench; its teacher loads as the same trunk."""
+    from xnornet.assets import SHIPPED_MODEL, SHIPPED_TEACHER
+    from xnornet.checkpoint import load_model
+    assert SHIPPED_MODEL.stat().st_size < 1_000_000
+    file_model = FileModel.load(SHIPPED_MODEL)
+    assert list(file_model.class_names) == ["airplane", "automobile", "bird", "cat", "deer", "dog",
+                                            "frog", "horse", "ship", "truck"]
+    images = RNG.integers(0, 256, (7, 32, 32, 3), dtype=np.uint8)
+    with torch.no_grad():
+        expected = file_model(file_model.normalize(images)).numpy()
+    engine = Engine.load(SHIPPED_MODEL, threads=1)
+    np.testing.assert_allclose(engine.run(images), expected, rtol=1e-3, atol=1e-3)
+    teacher, meta = load_model(SHIPPED_TEACHER)
+    assert meta["model_config"]["widths"] == [64, 128, 256] and meta["test_acc"] > 0.85
+    assert cli.main(["bench", "kernels", "--batch", "1", "--repeats", "1"]) == 0
+    assert str(SHIPPED_MODEL) in capsys.readouterr().out

@@ -229,7 +229,7 @@ def add_bench(sub):
                        "top-1 and agreement with pytorch-bnn, latency at batch 1, throughput at "
                        "batch 128, peak RSS, at 1 thread and all cores. `xnornet bench kernels` "
                        "times each binary conv layer instead.")
-    p.add_argument("--model-file", help="packed BNN model file (.xnor)")
+    p.add_argument("--model-file", help="packed BNN model file (.xnor); default: the shipped model")
     p.add_argument("--teacher", help="FP32 teacher checkpoint (model.safetensors) for the FP32 rows "
                    "(default: the teacher shipped in the package)")
     p.add_argument("--data-dir")
@@ -245,7 +245,7 @@ def add_bench(sub):
                         "binary GMAC/s, share of the measured XOR-popcount peak")
     # dests differ from the parent's: argparse would let these defaults overwrite its values
     k.add_argument("--model-file", dest="k_model_file", help="packed model file (.xnor); default: "
-                   "the default bireal trunk with random weights (timings do not depend on weights)")
+                   "the shipped model (timings do not depend on the weights)")
     k.add_argument("--batch", type=_positive, default=128)
     k.add_argument("--threads", dest="k_threads", type=_positive, default=1)
     k.add_argument("--repeats", type=_positive, default=5)
@@ -259,13 +259,20 @@ def _run_bench_kernels(a) -> int:
 
     from .bench import bench_kernels, format_kernels, random_model_file
     with tempfile.TemporaryDirectory() as tmp:
-        model_file = a.k_model_file or random_model_file(Path(tmp) / "bireal-random.xnor")
+        model_file = a.k_model_file or _shipped_or_none()
+        label = model_file or "default bireal trunk, random weights"
+        model_file = model_file or random_model_file(Path(tmp) / "bireal-random.xnor")
         result = bench_kernels(model_file, a.batch, a.k_threads, a.repeats, a.isa)
-    result["model_file"] = a.k_model_file or "default bireal trunk, random weights"
+    result["model_file"] = str(label)
     print(format_kernels(result))
     if a.k_json_out:
         Path(a.k_json_out).write_text(json.dumps(result, indent=2) + "\n")
     return 0
+
+
+def _shipped_or_none() -> str | None:
+    from .assets import SHIPPED_MODEL
+    return str(SHIPPED_MODEL) if SHIPPED_MODEL.is_file() else None
 
 
 def run_bench(a) -> int:
@@ -273,7 +280,8 @@ def run_bench(a) -> int:
         return _run_bench_kernels(a)
     from .e2e_bench import format_table, plot, run_bench as e2e
     if not a.model_file:
-        raise ValueError("--model-file is required (a packed BNN from `xnornet export`)")
+        from .assets import shipped_model
+        a.model_file = str(shipped_model())
     engines = [e for e in a.engines.split(",") if e]
     unknown = sorted(set(engines) - set(ENGINE_NAMES))
     if unknown:
