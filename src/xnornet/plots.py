@@ -25,3 +25,46 @@ def plot_curves(history: list[dict], path: Path, title: str | None = None) -> No
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
+
+
+def plot_runs(runs: dict[str, list[dict]], path: Path, title: str | None = None) -> None:
+    """Test accuracy per epoch of several runs on one chart (name -> metrics history)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 5))
+    for name, history in runs.items():
+        ax.plot([r["epoch"] for r in history], [100 * r["test_acc"] for r in history], ".-",
+                label=f"{name} ({100 * history[-1]['test_acc']:.2f}%)")
+    ax.set(xlabel="epoch", ylabel="test top-1 (%)", title=title or "test accuracy per epoch")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def main(argv=None) -> int:
+    """python -m xnornet.plots --out PNG NAME=RUN_DIR ...: one chart from runs' metrics.jsonl."""
+    import argparse
+    import json
+
+    ap = argparse.ArgumentParser(prog="python -m xnornet.plots", description=main.__doc__)
+    ap.add_argument("runs", nargs="+", help="NAME=RUN_DIR (a folder holding metrics.jsonl)")
+    ap.add_argument("--out", required=True, help="PNG to write")
+    ap.add_argument("--title")
+    a = ap.parse_args(argv)
+    runs = {}
+    for spec in a.runs:
+        name, sep, folder = spec.partition("=")
+        if not sep:
+            ap.error(f"expected NAME=RUN_DIR, got {spec!r}")
+        lines = (Path(folder) / "metrics.jsonl").read_text().splitlines()
+        runs[name] = [json.loads(line) for line in lines if line.strip()]
+    plot_runs(runs, Path(a.out), a.title)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
