@@ -24,6 +24,8 @@ struct BConvRow {
     const uint64_t* w;
     int cout_blocks;      // cout_pad / kLanes
     int32_t* pop;         // out_w * cout_blocks * kLanes
+    const int8_t* w8;     // AMX only: int8 +-1 weights, [cout/16][k*k][P][16][64] (VNNI)
+    int cin;
 };
 
 struct Kernels {
@@ -39,10 +41,12 @@ struct Kernels {
     // Runs `iters` iterations of peak_macs_per_iter binary MACs; returns a checksum.
     uint64_t (*peak_loop)(uint64_t iters);
     int peak_macs_per_iter;
+    bool int8_weights = false;  // needs Prepared::amx_weight
 };
 
 extern const Kernels kernels_generic;
 extern const Kernels kernels_avx2;
 extern const Kernels kernels_avx512;
+extern const Kernels kernels_amx;
 
 }  // namespace xnornet

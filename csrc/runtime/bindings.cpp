@@ -54,6 +54,7 @@ NB_MODULE(_engine, m) {
         d["avx512f"] = f.avx512f;
         d["avx512bw"] = f.avx512bw;
         d["avx512_vpopcntdq"] = f.avx512_vpopcntdq;
+        d["amx_int8"] = f.amx_int8;
         return d;
     }, "ISA features usable on this CPU (CPUID and OS support via XGETBV).");
 

@@ -28,7 +28,7 @@ int out_size(int in, int k, int stride, int pad) {
 }
 bool is_compute(const Op& op) { return op.kind != OpKind::Input; }
 
-std::unique_ptr<Prepared> prepare(const Op& op) {
+std::unique_ptr<Prepared> prepare(const Op& op, bool int8_weights) {
     auto p = std::make_unique<Prepared>();
     const int kk = op.k * op.k;
     if (op.kind == OpKind::ConvFP) {
@@ -51,6 +51,18 @@ std::unique_ptr<Prepared> prepare(const Op& op) {
                     p->bin_weight[((size_t(o / kLanes) * kk + t) * P + q) * kLanes + o % kLanes] = word;
                     p->tap_popcount[size_t(o) * kk + t] += __builtin_popcountll(word);
                 }
+        if (int8_weights) {
+            const int blocks16 = (p->cout_blocks * kLanes + 15) / 16;
+            p->amx_weight.assign(size_t(blocks16) * kk * P * 1024, 0);
+            for (int o = 0; o < op.cout; ++o)
+                for (int t = 0; t < kk; ++t)
+                    for (int c = 0; c < op.cin; ++c) {
+                        const int q = c / 64, j = c % 64;  // word, bit; VNNI row j/4, byte j%4
+                        const bool plus = w[(size_t(o) * kk + t) * P + q] >> j & 1;
+                        p->amx_weight[((size_t(o / 16) * kk + t) * P + q) * 1024 + (j / 4) * 64 +
+                                      (o % 16) * 4 + j % 4] = plus ? 1 : -1;
+                    }
+        }
     }
     return p;
 }
@@ -137,7 +149,7 @@ struct Engine::Workspace {
 Engine::Engine(Model model, int threads, const std::string& isa)
     : model_(std::move(model)), impl_(&select_implementation(isa)),
       threads_(std::min(threads > 0 ? threads : omp_get_max_threads(), kMaxThreads)) {
-    for (const Op& op : model_.ops) prepared_.push_back(prepare(op));
+    for (const Op& op : model_.ops) prepared_.push_back(prepare(op, impl_->kernels->int8_weights));
 }
 
 Engine::~Engine() = default;

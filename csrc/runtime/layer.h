@@ -19,6 +19,9 @@ struct Prepared {
     // popcount of that tap's weight words: what a zero (border) input word adds to the sum.
     std::vector<uint64_t> bin_weight;
     std::vector<int32_t> tap_popcount;  // [cout][k*k]
+    // AMX kernels only: the same weights as int8 +-1 (0 past cin) in TDPBSSD's VNNI layout,
+    // [cout/16][k*k][P][16 rows = 4-channel groups][16 outputs x 4 channels].
+    std::vector<int8_t> amx_weight;
     int words = 0, cout_blocks = 0;
 };
 

@@ -249,7 +249,7 @@ def add_bench(sub):
     k.add_argument("--batch", type=_positive, default=128)
     k.add_argument("--threads", dest="k_threads", type=_positive, default=1)
     k.add_argument("--repeats", type=_positive, default=5)
-    k.add_argument("--isa", choices=["avx512", "avx2", "generic"], default=None,
+    k.add_argument("--isa", choices=["amx", "avx512", "avx2", "generic"], default=None,
                    help="force a kernel implementation (default: best for this CPU)")
     k.add_argument("--json", dest="k_json_out", help="write every number here")
 

@@ -9,6 +9,7 @@ missing is skipped with a note.
 """
 from __future__ import annotations
 
+import functools
 import json
 import os
 import platform
@@ -99,18 +100,31 @@ def peak_rss_kib() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 
 
+IMAGE_SHAPE = (32, 32, 3)
+
+
+def read_images(path, n_total: int, start: int, count: int) -> np.ndarray:
+    """Images start..start+count (clipped to n_total) of a raw uint8 NHWC file."""
+    count = max(0, min(count, n_total - start))
+    size = int(np.prod(IMAGE_SHAPE))
+    flat = np.fromfile(path, dtype=np.uint8, count=count * size, offset=start * size)
+    return flat.reshape(count, *IMAGE_SHAPE)
+
+
 def worker(args: dict) -> dict:
     """Measure one engine at one thread count. args: engine, model_file, fp32_file, threads,
-    test_npz (images, labels), reference_npz (pytorch-bnn predictions, optional), repeats,
+    test_images (raw uint8 NHWC file), test_labels (.npy), reference_npz (pytorch-bnn predictions, optional), repeats,
     latency_repeats, batch."""
     with tempfile.TemporaryDirectory() as tmp:
         run, size = _runner(args["engine"], args["model_file"], args["fp32_file"], args["threads"],
                             Path(tmp))
-        data = np.load(args["test_npz"])
-        images, labels = data["images"], data["labels"]
-        preds = np.concatenate([run(images[i:i + 500]).argmax(1) for i in range(0, len(images), 500)])
-        one = images[:1]
-        big = np.resize(images, (args["batch"],) + images.shape[1:])
+        labels = np.load(args["test_labels"])
+        # Images are read from the raw file 500 at a time, so the peak memory is the engine's
+        # (the whole test set would add 30 MB to every row, and np.load's copy as much again).
+        read = functools.partial(read_images, args["test_images"], len(labels))
+        preds = np.concatenate([run(read(i, 500)).argmax(1) for i in range(0, len(labels), 500)])
+        one = read(0, 1)
+        big = np.resize(read(0, args["batch"]), (args["batch"], *one.shape[1:]))
         latency = median_time(lambda: run(one), args["latency_repeats"])
         throughput = args["batch"] / median_time(lambda: run(big), args["repeats"])
     rss_kb = peak_rss_kib()
@@ -159,8 +173,11 @@ def run_bench(model_file, fp32_file, data_dir=None, quick=False, threads_list=(1
         else:
             jobs += [(engine, t) for t in threads_list]
     with tempfile.TemporaryDirectory() as tmp:
-        npz = Path(tmp) / "test.npz"
-        np.savez(npz, images=ds.test.images[:n], labels=ds.test.labels[:n])
+        images_file, labels_file = Path(tmp) / "test-images.u8", Path(tmp) / "test-labels.npy"
+        if ds.test.images.shape[1:] != IMAGE_SHAPE:
+            raise ValueError(f"bench expects {IMAGE_SHAPE} images, got {ds.test.images.shape[1:]}")
+        np.ascontiguousarray(ds.test.images[:n]).tofile(images_file)
+        np.save(labels_file, ds.test.labels[:n])
         fp32_xnor = None
         if fp32_file:  # FP32 rows run the teacher packed the same way (exact FP32 weights)
             from .export import export_model
@@ -168,7 +185,8 @@ def run_bench(model_file, fp32_file, data_dir=None, quick=False, threads_list=(1
             export_model(fp32_file, fp32_xnor)
         for engine, threads in tqdm(jobs, desc="bench", unit="run", disable=not progress):
             args = {"engine": engine, "model_file": str(model_file), "fp32_file": fp32_xnor,
-                    "threads": threads, "test_npz": str(npz), "batch": 128,
+                    "threads": threads, "test_images": str(images_file),
+                    "test_labels": str(labels_file), "batch": 128,
                     "repeats": 3 if quick else 7, "latency_repeats": 20 if quick else 100}
             proc = subprocess.run([sys.executable, "-m", "xnornet.e2e_bench", json.dumps(args)],
                                   capture_output=True, text=True)

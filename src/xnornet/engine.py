@@ -37,7 +37,8 @@ MAX_THREADS = 1024  # the native side's limit too
 
 def cpu_features() -> dict[str, bool]:
     """ISA features the native kernels may use on this CPU: popcnt, avx2, avx512f, avx512bw,
-    avx512_vpopcntdq. Each is true only when the CPU has it *and* the OS saves its registers."""
+    avx512_vpopcntdq, amx_int8. Each is true only when the CPU has it *and* the OS saves its
+    registers (for AMX: and grants this process the tile state)."""
     return dict(_engine.cpu_features())
 
 
