@@ -24,8 +24,9 @@ def test_cpu_features_agree_with_the_kernel():
             flags = set(line.split(":", 1)[1].split())
             break
     f = engine.cpu_features()
-    assert set(f) == {"popcnt", "avx2", "avx512f", "avx512bw", "avx512_vpopcntdq"}
+    assert set(f) == {"popcnt", "avx2", "avx512f", "avx512bw", "avx512_vpopcntdq", "amx_int8"}
     # The kernel lists a flag only when the OS enables its state, as our XGETBV check does.
     for ours, linux in [("popcnt", "popcnt"), ("avx2", "avx2"), ("avx512f", "avx512f"),
-                        ("avx512bw", "avx512bw"), ("avx512_vpopcntdq", "avx512_vpopcntdq")]:
+                        ("avx512bw", "avx512bw"), ("avx512_vpopcntdq", "avx512_vpopcntdq"),
+                        ("amx_int8", "amx_int8")]:
         assert f[ours] == (linux in flags), ours
