@@ -45,6 +45,22 @@ def test_bench_end_to_end_quick(files):
     assert png.read_bytes()[:4] == b"\x89PNG"
 
 
+def test_bench_rounds_report_medians(files):
+    tmp, data, model, _ = files
+    out = tmp / "rounds.json"
+    assert cli.main(["bench", "--model-file", str(model), "--data-dir", str(data), "--quick",
+                     "--threads", "1", "--engines", "pytorch-bnn,xnornet", "--rounds", "3",
+                     "--json", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert report["rounds"] == 3 and len(report["results"]) == 2
+    for r in report["results"]:
+        for key in ("images_per_s", "latency_ms", "peak_rss_mb"):
+            values = r[f"{key}_rounds"]
+            assert len(values) == 3 and all(v > 0 for v in values)
+            assert r[key] == sorted(values)[1]  # the median
+        assert r["accuracy"] is not None and r["agreement_with_pytorch_bnn"] == 1.0
+
+
 def test_engine_lists_agree():
     from xnornet.e2e_bench import ENGINES
     assert tuple(cli.ENGINE_NAMES) == ENGINES

@@ -234,6 +234,9 @@ def add_bench(sub):
                    "(default: the teacher shipped in the package)")
     p.add_argument("--data-dir")
     p.add_argument("--quick", action="store_true", help="1,000 test images, fewer repeats (~1-2 min)")
+    p.add_argument("--rounds", type=_positive, default=None,
+                   help="time every engine this many times, alternating the order, and report "
+                   "medians (default: 3, or 1 with --quick); accuracy is measured once")
     p.add_argument("--engines", default=",".join(ENGINE_NAMES),
                    help=f"comma-separated subset of {','.join(ENGINE_NAMES)}")
     p.add_argument("--threads", type=_ints, default=None,
@@ -288,7 +291,9 @@ def run_bench(a) -> int:
         raise ValueError(f"unknown engines {unknown}; choose from {','.join(ENGINE_NAMES)}")
     from .assets import SHIPPED_TEACHER
     teacher = a.teacher or (str(SHIPPED_TEACHER) if SHIPPED_TEACHER.is_file() else None)
-    report = e2e(a.model_file, teacher, a.data_dir, a.quick, tuple(a.threads or (1, None)), engines)
+    rounds = a.rounds or (1 if a.quick else 3)
+    report = e2e(a.model_file, teacher, a.data_dir, a.quick, tuple(a.threads or (1, None)), engines,
+                 rounds=rounds)
     print(format_table(report))
     if a.json_out:
         Path(a.json_out).write_text(json.dumps(report, indent=2) + "\n")

@@ -122,7 +122,9 @@ def worker(args: dict) -> dict:
         # Images are read from the raw file 500 at a time, so the peak memory is the engine's
         # (the whole test set would add 30 MB to every row, and np.load's copy as much again).
         read = functools.partial(read_images, args["test_images"], len(labels))
-        preds = np.concatenate([run(read(i, 500)).argmax(1) for i in range(0, len(labels), 500)])
+        preds = None
+        if args.get("accuracy", True):
+            preds = np.concatenate([run(read(i, 500)).argmax(1) for i in range(0, len(labels), 500)])
         one = read(0, 1)
         big = np.resize(read(0, args["batch"]), (args["batch"], *one.shape[1:]))
         latency = median_time(lambda: run(one), args["latency_repeats"])
@@ -130,8 +132,9 @@ def worker(args: dict) -> dict:
     rss_kb = peak_rss_kib()
     return {"engine": args["engine"], "threads": args["threads"], "batch": args["batch"],
             "images_per_s": throughput, "latency_ms": 1e3 * latency, "peak_rss_mb": rss_kb / 1024,
-            "accuracy": float((preds == labels).mean()), "n": int(len(labels)), "model_bytes": size,
-            "predictions": preds.tolist()}
+            "accuracy": None if preds is None else float((preds == labels).mean()),
+            "n": int(len(labels)), "model_bytes": size,
+            "predictions": None if preds is None else preds.tolist()}
 
 
 # ---------------------------------------------------------------- orchestrator
@@ -154,8 +157,14 @@ def _available(engine: str) -> bool:
     return importlib.util.find_spec(NEEDS[engine]) is not None
 
 
+TIMED = ("images_per_s", "latency_ms", "peak_rss_mb")
+
+
 def run_bench(model_file, fp32_file, data_dir=None, quick=False, threads_list=(1, None),
-              engines=ENGINES, progress=True) -> dict:
+              engines=ENGINES, progress=True, rounds=1) -> dict:
+    """rounds > 1: after the first round (which also measures accuracy), every engine is timed
+    again rounds-1 times, in alternating order, and each timed column is the median over rounds:
+    engines run minutes apart, and a shared machine's speed drifts in between."""
     from tqdm import tqdm
 
     from . import data as xdata
@@ -183,17 +192,32 @@ def run_bench(model_file, fp32_file, data_dir=None, quick=False, threads_list=(1
             from .export import export_model
             fp32_xnor = str(Path(tmp) / "teacher.xnor")
             export_model(fp32_file, fp32_xnor)
-        for engine, threads in tqdm(jobs, desc="bench", unit="run", disable=not progress):
+        schedule = [(r, job) for r in range(max(1, rounds))
+                    for job in (jobs if r % 2 == 0 else jobs[::-1])]
+        by_job: dict[tuple, dict] = {}
+        for r, (engine, threads) in tqdm(schedule, desc="bench", unit="run", disable=not progress):
+            if r > 0 and (engine, threads) not in by_job:
+                continue  # failed in the first round
             args = {"engine": engine, "model_file": str(model_file), "fp32_file": fp32_xnor,
                     "threads": threads, "test_images": str(images_file),
-                    "test_labels": str(labels_file), "batch": 128,
+                    "test_labels": str(labels_file), "batch": 128, "accuracy": r == 0,
                     "repeats": 3 if quick else 7, "latency_repeats": 20 if quick else 100}
             proc = subprocess.run([sys.executable, "-m", "xnornet.e2e_bench", json.dumps(args)],
                                   capture_output=True, text=True)
             if proc.returncode != 0:
-                notes.append(f"{engine} ({threads} threads): failed: {proc.stderr.strip().splitlines()[-1:]}")
+                notes.append(f"{engine} ({threads} threads), round {r + 1}: failed: "
+                             f"{proc.stderr.strip().splitlines()[-1:]}")
                 continue
-            results.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+            row = json.loads(proc.stdout.strip().splitlines()[-1])
+            if r == 0:
+                by_job[(engine, threads)] = {**row, **{f"{k}_rounds": [row[k]] for k in TIMED}}
+                results.append(by_job[(engine, threads)])
+            else:
+                for k in TIMED:
+                    by_job[(engine, threads)][f"{k}_rounds"].append(row[k])
+        for row in results:
+            for k in TIMED:
+                row[k] = float(np.median(row[f"{k}_rounds"]))
     reference = {r["threads"]: r["predictions"] for r in results if r["engine"] == "pytorch-bnn"}
     for r in results:
         ref = reference.get(r["threads"])
@@ -201,7 +225,8 @@ def run_bench(model_file, fp32_file, data_dir=None, quick=False, threads_list=(1
             r["agreement_with_pytorch_bnn"] = float(np.mean(np.array(r["predictions"]) == np.array(ref)))
         del r["predictions"]
     return {"machine": machine_info(), "model_file": str(model_file), "fp32_model": str(fp32_file),
-            "data": f"{ds.source}, first {n} test images", "results": results, "notes": notes,
+            "data": f"{ds.source}, first {n} test images", "rounds": max(1, rounds),
+            "results": results, "notes": notes,
             "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
 
 
