@@ -57,7 +57,8 @@ def test_bench_rounds_report_medians(files):
         for key in ("images_per_s", "latency_ms", "peak_rss_mb"):
             values = r[f"{key}_rounds"]
             assert len(values) == 3 and all(v > 0 for v in values)
-            assert r[key] == sorted(values)[1]  # the median
+            # speed: the median; memory: the peak over all rounds (the first runs the accuracy pass)
+            assert r[key] == (max(values) if key == "peak_rss_mb" else sorted(values)[1])
         assert r["accuracy"] is not None and r["agreement_with_pytorch_bnn"] == 1.0
 
 

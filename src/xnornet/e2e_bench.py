@@ -160,11 +160,20 @@ def _available(engine: str) -> bool:
 TIMED = ("images_per_s", "latency_ms", "peak_rss_mb")
 
 
+def summarize_rounds(row: dict) -> None:
+    """Speed columns: the median over rounds. Peak memory: the largest, which is the first round's
+    (only it runs the accuracy pass, with its larger batches)."""
+    for k in ("images_per_s", "latency_ms"):
+        row[k] = float(np.median(row[f"{k}_rounds"]))
+    row["peak_rss_mb"] = float(max(row["peak_rss_mb_rounds"]))
+
+
 def run_bench(model_file, fp32_file, data_dir=None, quick=False, threads_list=(1, None),
               engines=ENGINES, progress=True, rounds=1) -> dict:
     """rounds > 1: after the first round (which also measures accuracy), every engine is timed
-    again rounds-1 times, in alternating order, and each timed column is the median over rounds:
-    engines run minutes apart, and a shared machine's speed drifts in between."""
+    again rounds-1 times, in alternating order, and each speed column is the median over rounds
+    (engines run minutes apart, and a shared machine's speed drifts in between); peak memory is
+    the largest over rounds."""
     from tqdm import tqdm
 
     from . import data as xdata
@@ -216,8 +225,7 @@ def run_bench(model_file, fp32_file, data_dir=None, quick=False, threads_list=(1
                 for k in TIMED:
                     by_job[(engine, threads)][f"{k}_rounds"].append(row[k])
         for row in results:
-            for k in TIMED:
-                row[k] = float(np.median(row[f"{k}_rounds"]))
+            summarize_rounds(row)
     reference = {r["threads"]: r["predictions"] for r in results if r["engine"] == "pytorch-bnn"}
     for r in results:
         ref = reference.get(r["threads"])
