@@ -65,6 +65,7 @@ NB_MODULE(_engine, m) {
             d["name"] = impl.name;
             d["description"] = impl.description;
             d["supported"] = impl.supported;
+            d["automatic"] = impl.automatic;
             out.append(d);
         }
         return out;

@@ -16,7 +16,8 @@ const std::vector<Implementation>& implementations() {
                      &kernels_avx512, f.avx512f && f.avx512_vpopcntdq});
         // Opt-in (XNORNET_ISA=amx): correct, but slower than avx512 so far (docs/engine.md).
         t.push_back({"amx", "AMX-INT8, opt-in: bits expanded to int8 +-1 per row, 16x64 by 64x16 "
-                     "tile products (TDPBSSD), 2x2 tiles", &kernels_amx, f.amx_int8 && f.avx512bw});
+                     "tile products (TDPBSSD), 2x2 tiles", &kernels_amx, f.amx_int8 && f.avx512bw,
+                     /*automatic=*/false});
         t.push_back({"avx2", "AVX2: nibble-LUT popcount (vpshufb + vpsadbw), 4-pixel tile",
                      &kernels_avx2, f.avx2});
 #else
@@ -36,7 +37,7 @@ const Implementation& select_implementation(const std::string& requested) {
     }
     std::string known;
     for (const auto& impl : implementations()) {
-        if (name == "auto" && impl.supported) return impl;
+        if (name == "auto" && impl.supported && impl.automatic) return impl;
         if (impl.name == name) {
             if (!impl.supported)
                 throw std::invalid_argument("ISA '" + name + "' is not supported on this CPU");

@@ -10,10 +10,11 @@
 namespace xnornet {
 
 struct Implementation {
-    std::string name;         // "avx512", "avx2", "generic"
+    std::string name;         // "avx512", "amx", "avx2", "generic"
     std::string description;
     const Kernels* kernels;
     bool supported;           // compiled in and usable on this CPU
+    bool automatic = true;    // may `auto` pick it (false: only when asked for by name)
 };
 
 // Every implementation known to this build, best first.

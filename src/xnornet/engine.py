@@ -43,7 +43,8 @@ def cpu_features() -> dict[str, bool]:
 
 
 def implementations() -> list[dict]:
-    """Kernel implementations in this build, best first: name, description, supported."""
+    """Kernel implementations in this build, best first: name, description, supported, automatic
+    (whether Engine.load picks it by itself; false for opt-in ones such as amx)."""
     return list(_engine.implementations())
 
 
@@ -141,4 +142,4 @@ def default_isa() -> str:
     forced = os.environ.get("XNORNET_ISA", "auto")
     if forced != "auto":
         return forced
-    return next(i["name"] for i in implementations() if i["supported"])
+    return next(i["name"] for i in implementations() if i["supported"] and i["automatic"])
