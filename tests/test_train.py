@@ -14,7 +14,7 @@ from xnornet import cli
 from xnornet.checkpoint import load_model, read_checkpoint, save_checkpoint
 from xnornet.errors import CheckpointError
 from xnornet.models import build_model
-from xnornet.train import TrainConfig, kd_loss, lr_at, train
+from xnornet.train import TrainConfig, kd_loss, lr_at, should_compile, train
 from xnornet.transforms import normalize, random_crop_flip
 
 TINY = dict(widths=(16, 32), depths=(1, 1))
@@ -247,3 +247,14 @@ def test_partial_python_layout_warns(separable_data, recwarn):
         ds = load_cifar10(separable_data, download=False, progress=False)
     assert len(ds.train) == 600
     assert any("data_batch_2" in str(w.message) and "1 of 5" in str(w.message) for w in caught)
+
+
+def test_compile_auto_is_cpu_only_and_skips_smoke_runs():
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert should_compile(TrainConfig(compile="auto"), cpu)
+    assert not should_compile(TrainConfig(compile="auto", subset=100), cpu)
+    assert not should_compile(TrainConfig(compile="auto"), cuda)  # eager until re-checked on a GPU
+    assert should_compile(TrainConfig(compile="on"), cuda)
+    assert not should_compile(TrainConfig(compile="off"), cpu)
+    with pytest.raises(ValueError, match="--compile"):
+        should_compile(TrainConfig(compile="maybe"), cpu)
