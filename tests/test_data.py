@@ -17,6 +17,7 @@ import socket
 import struct
 import tarfile
 import threading
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -325,6 +326,23 @@ def test_image_folder_grayscale_and_uppercase_suffix(tmp_path):
     np.testing.assert_array_equal(ds.train.images[0], np.stack([gray] * 3, axis=-1))
     np.testing.assert_array_equal(ds.train.images[1], rgb)
     assert ds.test.labels.tolist() == [0]
+
+
+def test_test_only_decodes_and_reads_only_the_test_split(tmp_path, synthetic_cifar_python):
+    root = tmp_path / "folder"
+    _make_folder(root, _COUNTS)
+    ds = load_cifar10(root, download=False, progress=False, test_only=True)
+    assert len(ds.train) == 0 and ds.train.images.shape == (0, 32, 32, 3)
+    assert ds.test.labels.tolist() == [0, 1, 2, 0]
+    npys = sorted(p.name for p in (tmp_path / "xnornet-cache" / "decoded").rglob("*.npy"))
+    assert npys == ["test_images.npy", "test_labels.npy"]  # the training images were not decoded
+    full = load_cifar10(root, download=False, progress=False)  # later, the train split too
+    np.testing.assert_array_equal(full.test.images, ds.test.images)
+    assert len(full.train) == 6
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # 2 of 5 training batches: no "missing" warning for test_only
+        py = load_cifar10(synthetic_cifar_python, download=False, test_only=True)
+    assert len(py.train) == 0 and len(py.test) == 20
 
 
 class _DecodeCalled(Exception):

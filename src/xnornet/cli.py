@@ -178,7 +178,7 @@ def run_eval(a) -> int:
         a.model_file = str(shipped_model())
     # Load the model before the data: a bad model file fails in a second, not after decoding.
     evaluate = _checkpoint_evaluator(a) if a.checkpoint else _model_file_evaluator(a)
-    ds = xdata.load_cifar10(a.data_dir)
+    ds = xdata.load_cifar10(a.data_dir, test_only=True)
     split = ds.test.head(a.subset)
     result = evaluate(split)
     result.update(n=len(split), data=ds.source)

@@ -87,8 +87,11 @@ def detect_layout(root: Path) -> tuple[str, Path] | None:
     return None
 
 
-def load_cifar10(data_dir=None, *, download: bool = True, progress: bool = True) -> Dataset:
-    """Load CIFAR-10 from wherever it is (see module doc); download it if allowed and absent."""
+def load_cifar10(data_dir=None, *, download: bool = True, progress: bool = True,
+                 test_only: bool = False) -> Dataset:
+    """Load CIFAR-10 from wherever it is (see module doc); download it if allowed and absent.
+    test_only: leave the training split empty (evaluation and benchmarks need only the test set;
+    a first run on an image folder then decodes 10,000 images instead of 60,000)."""
     root = resolve_data_dir(data_dir)
     found = detect_layout(root)
     if found is None:
@@ -99,10 +102,10 @@ def load_cifar10(data_dir=None, *, download: bool = True, progress: bool = True)
         assert found is not None, "download_cifar10 extracts cifar-10-batches-py"
     layout, where = found
     if layout == "python":
-        train, test = load_python_batches(where)
+        train, test = load_python_batches(where, test_only)
         classes = CIFAR10_CLASSES
     else:
-        train, test, classes = load_image_folder(where, progress=progress)
+        train, test, classes = load_image_folder(where, progress=progress, test_only=test_only)
     return Dataset(train, test, classes, f"{where} ({layout})")
 
 
@@ -170,7 +173,9 @@ def _read_batch(path: Path) -> Split:
     return Split(raw.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1).copy(), labels)
 
 
-def load_python_batches(folder: Path) -> tuple[Split, Split]:
+def load_python_batches(folder: Path, test_only: bool = False) -> tuple[Split, Split]:
+    if test_only:
+        return _empty_split(), _read_batch(folder / "test_batch")
     present = [i for i in range(1, 6) if (folder / f"data_batch_{i}").is_file()]
     if len(present) < 5:
         import warnings
@@ -180,6 +185,10 @@ def load_python_batches(folder: Path) -> tuple[Split, Split]:
     parts = [_read_batch(folder / f"data_batch_{i}") for i in present]
     train = Split(np.concatenate([p.images for p in parts]), np.concatenate([p.labels for p in parts]))
     return train, _read_batch(folder / "test_batch")
+
+
+def _empty_split() -> Split:
+    return Split(np.empty((0, 32, 32, 3), np.uint8), np.empty(0, np.int64))
 
 
 # ---------------------------------------------------------------- image-folder layout
@@ -218,7 +227,8 @@ def _decode(files: list[tuple[Path, int]], desc: str, progress: bool) -> Split:
     return Split(images, np.array([label for _, label in files], np.int64))
 
 
-def load_image_folder(root: Path, progress: bool = True) -> tuple[Split, Split, tuple[str, ...]]:
+def load_image_folder(root: Path, progress: bool = True,
+                      test_only: bool = False) -> tuple[Split, Split, tuple[str, ...]]:
     classes = sorted(p.name for p in (root / "train").iterdir() if p.is_dir())
     if not classes:
         raise DataError(f"{root / 'train'} holds no class folders")
@@ -230,8 +240,8 @@ def load_image_folder(root: Path, progress: bool = True) -> tuple[Split, Split, 
             st = p.stat()
             h.update(f"{s}/{label}/{p.name}/{st.st_size}/{st.st_mtime_ns}".encode())
     cached = cache_dir() / "decoded" / h.hexdigest()[:24]
-    splits = {}
-    for s in ("train", "test"):
+    splits = {"train": _empty_split()}
+    for s in ("test",) if test_only else ("train", "test"):
         x_path, y_path = cached / f"{s}_images.npy", cached / f"{s}_labels.npy"
         if x_path.is_file() and y_path.is_file():
             splits[s] = Split(np.load(x_path), np.load(y_path))

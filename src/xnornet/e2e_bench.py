@@ -177,7 +177,7 @@ def run_bench(model_file, fp32_file, data_dir=None, quick=False, threads_list=(1
     from tqdm import tqdm
 
     from . import data as xdata
-    ds = xdata.load_cifar10(data_dir, progress=progress)
+    ds = xdata.load_cifar10(data_dir, progress=progress, test_only=True)
     n = 1000 if quick else len(ds.test)
     threads_list = [t or os.cpu_count() for t in threads_list]
     threads_list = sorted(set(threads_list), key=threads_list.index)
