@@ -263,20 +263,20 @@ def _run_bench_kernels(a) -> int:
 
     from .bench import bench_kernels, format_kernels, random_model_file
     with tempfile.TemporaryDirectory() as tmp:
-        model_file = a.k_model_file or _shipped_or_none()
-        label = model_file or "default bireal trunk, random weights"
-        model_file = model_file or random_model_file(Path(tmp) / "bireal-random.xnor")
-        result = bench_kernels(model_file, a.batch, a.k_threads, a.repeats, a.isa)
-    result["model_file"] = str(label)
+        from .assets import SHIPPED_MODEL
+        model_file = a.k_model_file or _if_file(SHIPPED_MODEL)
+        result = bench_kernels(model_file or random_model_file(Path(tmp) / "bireal-random.xnor"),
+                               a.batch, a.k_threads, a.repeats, a.isa)
+    result["model_file"] = model_file or "default bireal trunk, random weights"
     print(format_kernels(result))
     if a.k_json_out:
         Path(a.k_json_out).write_text(json.dumps(result, indent=2) + "\n")
     return 0
 
 
-def _shipped_or_none() -> str | None:
-    from .assets import SHIPPED_MODEL
-    return str(SHIPPED_MODEL) if SHIPPED_MODEL.is_file() else None
+def _if_file(path: Path) -> str | None:
+    """A shipped asset's path, or None when this build does not ship it."""
+    return str(path) if path.is_file() else None
 
 
 def run_bench(a) -> int:
@@ -291,7 +291,7 @@ def run_bench(a) -> int:
     if unknown:
         raise ValueError(f"unknown engines {unknown}; choose from {','.join(ENGINE_NAMES)}")
     from .assets import SHIPPED_TEACHER
-    teacher = a.teacher or (str(SHIPPED_TEACHER) if SHIPPED_TEACHER.is_file() else None)
+    teacher = a.teacher or _if_file(SHIPPED_TEACHER)
     rounds = a.rounds or (1 if a.quick else 3)
     report = e2e(a.model_file, teacher, a.data_dir, a.quick, tuple(a.threads or (1, None)), engines,
                  rounds=rounds)

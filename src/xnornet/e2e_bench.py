@@ -113,8 +113,8 @@ def read_images(path, n_total: int, start: int, count: int) -> np.ndarray:
 
 def worker(args: dict) -> dict:
     """Measure one engine at one thread count. args: engine, model_file, fp32_file, threads,
-    test_images (raw uint8 NHWC file), test_labels (.npy), reference_npz (pytorch-bnn predictions, optional), repeats,
-    latency_repeats, batch."""
+    test_images (raw uint8 NHWC file), test_labels (.npy), accuracy (bool: run the accuracy pass),
+    repeats, latency_repeats, batch."""
     with tempfile.TemporaryDirectory() as tmp:
         run, size = _runner(args["engine"], args["model_file"], args["fp32_file"], args["threads"],
                             Path(tmp))
