@@ -5,13 +5,17 @@
 // ~1,000 MACs per cycle, about three times what XOR + VPOPCNTQ + ADD reaches on 512-bit vectors.
 // A binary dot product is an int8 one on +-1 values, so the matrix unit computes it exactly.
 //
-// Activations stay bit-packed between layers, as for the other kernels. Per output row, the k
-// input rows it reads are expanded to int8 (+1 / -1, one vpblendmb per 64 channels) in
-// thread-local scratch; an A tile is then 16 consecutive output pixels of one tap and 64 input
-// channels (a strided load: no im2col). Weights are int8 +-1 in the VNNI layout TDPBSSD wants,
-// with 0 for channels past cin, so those bits add nothing. The result D (the +-1 dot product over
-// all taps, border taps included as -1 inputs, exactly as the XOR kernels see them) converts to
-// the popcount the shared epilogue expects: D = k*k*cin - 2*popcount.
+// Activations stay bit-packed between layers, as for the other kernels. The executor hands this
+// kernel whole feature maps (Kernels::row_blocks), so every weight tile loaded meets all output
+// pixels of the map, not one row's. The input rows are expanded to int8 (+1 / -1, one vpblendmb
+// per 64 channels) into stride x stride phase images, phase (py, px) holding padded pixels
+// (stride*i + py, stride*j + px). Numbered q = row * Wq + column over a phase image's width Wq,
+// the output pixels of a tap then sit at evenly spaced addresses: an A tile is 16 consecutive q
+// (wrapping across rows; the Wq - out_w columns past the map's edge are computed and dropped) and
+// 64 input channels, one strided load, no im2col. Weights are int8 +-1 in the VNNI layout
+// TDPBSSD wants, with 0 for channels past cin, so those bits add nothing. The result D (the +-1
+// dot product over all taps, border taps included as -1 inputs, exactly as the XOR kernels see
+// them) converts to the popcount the shared epilogue expects: D = k*k*cin - 2*popcount.
 #include <immintrin.h>
 
 #include <algorithm>
@@ -30,97 +34,123 @@ struct alignas(64) TileConfig {
     uint8_t rows[16] = {};
 };
 
-// tmm0, tmm1: A (m pixels x 64 int8 channels); tmm2, tmm3: B (64 channels x 16 outputs, VNNI);
-// tmm4..tmm7: C (m pixels x 16 int32 outputs) for (A0,B0), (A0,B1), (A1,B0), (A1,B1).
-static void configure(int m) {
+// B stationary: per step (one tap, one word of 64 channels) one weight tile (64 channels x 16
+// outputs, VNNI) meets up to kGroup pixel tiles (16 pixels x 64 channels each, loaded alternately
+// into tmm0 and tmm1), accumulating into C tiles tmm2..tmm5 (16 pixels x 16 int32). The weights
+// are the expensive operand (int8: 8x the bits, from L2 for the wide layers), so each is loaded
+// once per kGroup pixel tiles, and alternately into tmm6 and tmm7, so that the next step's
+// weight load overlaps this step's products instead of waiting for them (tiles are not renamed).
+constexpr int kGroup = 4;
+
+static void configure() {
     TileConfig c;
-    for (int t = 0; t < 8; ++t) {
-        c.rows[t] = static_cast<uint8_t>(t == 2 || t == 3 ? 16 : m);
-        c.colsb[t] = 64;
-    }
+    for (int t = 0; t < 8; ++t) c.rows[t] = 16, c.colsb[t] = 64;
     _tile_loadconfig(&c);
 }
 
-// A stored C tile -> popcounts for pixels x0.. (m of them) and output channels 16*ob..:
-// pop = (full - D) / 2. (The tile number of _tile_stored must be a literal, hence the caller.)
-static void to_pop(const BConvRow& a, const int32_t* __restrict c, int x0, int m, int ob,
-                   int32_t full) {
-    const int cpad = a.cout_blocks * kLanes, o0 = ob * 16, n = std::min(16, cpad - o0);
-    for (int r = 0; r < m; ++r) {
-        int32_t* __restrict dst = a.pop + size_t(x0 + r) * cpad + o0;
-        for (int j = 0; j < n; ++j) dst[j] = (full - c[r * 16 + j]) / 2;
+// The int8 phase images of one call (see the top of the file).
+struct Phases {
+    const int8_t* data;
+    int wq;               // width of a phase image
+    size_t pixels;        // pixels per phase image, slack included
+    size_t pixel_bytes;   // 64 * P
+    // Where the A tile of tap (ky, kx), word p, starts for q = 0.
+    const int8_t* tap(int ky, int kx, int p, int s) const {
+        const size_t phase = size_t(ky % s) * s + kx % s;
+        return data + (phase * pixels + size_t(ky / s) * wq + kx / s) * pixel_bytes + 64 * p;
     }
-}
+};
 
-static void bconv_row(const BConvRow& a) {
-    const int P = a.words, k = a.k, kk = k * k, s = a.stride, W = a.out_w;
-    const int blocks16 = (a.cout_blocks * kLanes + 15) / 16;
-    const int m = std::min(16, W);
-    const size_t pixel_bytes = size_t(64) * P, row_bytes = size_t(a.wp) * pixel_bytes;
-    thread_local std::vector<int8_t> rows;
-    rows.resize(size_t(k) * row_bytes);
+// Expand the padded input rows that output rows [a.oy, a.oy_end) read into int8 phase images.
+// Pixels past the padded image (the slack that the last tiles' dropped rows read) are -1.
+static Phases expand(const BConvRows& a, int mtiles) {
+    const int s = a.stride, P = a.words, wq = (a.wp + s - 1) / s, reach = (a.k - 1) / s;
+    const size_t pb = size_t(64) * P;
+    const size_t pixels = size_t(mtiles) * 16 + size_t(reach) * (wq + 1);
+    thread_local aligned_vector<int8_t> buf;  // tile rows must not straddle cache lines
+    buf.resize(size_t(s) * s * pixels * pb);
     const __m512i plus = _mm512_set1_epi8(1), minus = _mm512_set1_epi8(-1);
-    for (int ky = 0; ky < k; ++ky) {
-        const uint64_t* src = a.act + size_t(a.oy * s + ky) * a.wp * P;
-        int8_t* dst = rows.data() + size_t(ky) * row_bytes;
-        for (int i = 0; i < a.wp * P; ++i)
-            _mm512_storeu_si512(dst + size_t(64) * i, _mm512_mask_blend_epi8(src[i], minus, plus));
-    }
-    const int32_t full = kk * a.cin;
-    const size_t a_stride = size_t(s) * pixel_bytes, b_block = size_t(kk) * P * 1024;
-    configure(m);
-    for (int ob = 0; ob < blocks16; ob += 2) {
-        const bool two_b = ob + 1 < blocks16;
-        for (int ox = 0; ox < W; ox += 2 * m) {
-            // The last tiles start at W - m, recomputing a few pixels rather than using a
-            // narrower tile shape (which would need another tile configuration).
-            const int x0 = std::min(ox, W - m), x1 = std::min(ox + m, W - m);
-            const bool two_a = ox + m < W;
-            _tile_zero(4);
-            _tile_zero(5);
-            _tile_zero(6);
-            _tile_zero(7);
-            for (int ky = 0; ky < k; ++ky)
-                for (int kx = 0; kx < k; ++kx)
-                    for (int p = 0; p < P; ++p) {
-                        const int8_t* tap = rows.data() + size_t(ky) * row_bytes + kx * pixel_bytes + 64 * p;
-                        const int8_t* w = a.w8 + ((size_t(ob) * kk + ky * k + kx) * P + p) * 1024;
-                        _tile_loadd(0, tap + x0 * a_stride, static_cast<long>(a_stride));
-                        _tile_loadd(2, w, 64);
-                        _tile_dpbssd(4, 0, 2);
-                        if (two_b) {
-                            _tile_loadd(3, w + b_block, 64);
-                            _tile_dpbssd(5, 0, 3);
-                        }
-                        if (two_a) {
-                            _tile_loadd(1, tap + x1 * a_stride, static_cast<long>(a_stride));
-                            _tile_dpbssd(6, 1, 2);
-                            if (two_b) _tile_dpbssd(7, 1, 3);
-                        }
-                    }
-            alignas(64) int32_t c[16 * 16];
-            _tile_stored(4, c, 64);
-            to_pop(a, c, x0, m, ob, full);
-            if (two_b) {
-                _tile_stored(5, c, 64);
-                to_pop(a, c, x0, m, ob + 1, full);
-            }
-            if (two_a) {
-                _tile_stored(6, c, 64);
-                to_pop(a, c, x1, m, ob, full);
-                if (two_b) {
-                    _tile_stored(7, c, 64);
-                    to_pop(a, c, x1, m, ob + 1, full);
+    for (int py = 0; py < s; ++py)
+        for (int px = 0; px < s; ++px) {
+            int8_t* dst = buf.data() + (size_t(py) * s + px) * pixels * pb;
+            for (size_t q = 0; q < pixels; ++q, dst += pb) {
+                const int r = s * (a.oy + int(q / wq)) + py, c = s * int(q % wq) + px;
+                if (r >= a.hp || c >= a.wp) {
+                    std::memset(dst, -1, pb);
+                    continue;
                 }
+                const uint64_t* src = a.act + (size_t(r) * a.wp + c) * P;
+                for (int p = 0; p < P; ++p)
+                    _mm512_storeu_si512(dst + 64 * p, _mm512_mask_blend_epi8(src[p], minus, plus));
             }
         }
-    }
-    _tile_release();  // lets the core drop the tile state (cheaper context switches, C-states)
+    return Phases{buf.data(), wq, pixels, pb};
 }
+
+
+// What one call's tile loops share.
+struct Plan {
+    Phases ph;
+    // Per step t (tap t / P, word t % P): where its A tile starts for q = 0. Computed once per
+    // call: the divisions it takes would cost more than a step's four tile products.
+    std::vector<const int8_t*> step_a;
+    const int8_t* w8;    // the layer's int8 weights
+    long a_stride;       // bytes between the pixels of an A tile
+    size_t tile_step;    // bytes between consecutive A tiles
+    size_t b_block;      // bytes between the weights of consecutive 16-output blocks
+    int32_t* d;          // the group's dot products D, [kGroup * 16 pixels][d_stride] int32
+    int d_stride;        // 16 * number of 16-output blocks
+};
+
+// One step: weight tile B (tmm6 or tmm7) times T pixel tiles into C tiles tmm2.. .
+#define XN_AMX_STEP(B, tap, w)                                   \
+    do {                                                         \
+        _tile_loadd(B, w, 64);                                   \
+        _tile_loadd(0, tap, pl.a_stride);                        \
+        _tile_dpbssd(2, 0, B);                                   \
+        if (T > 1) {                                             \
+            _tile_loadd(1, (tap) + ts, pl.a_stride);             \
+            _tile_dpbssd(3, 1, B);                               \
+        }                                                        \
+        if (T > 2) {                                             \
+            _tile_loadd(0, (tap) + 2 * ts, pl.a_stride);         \
+            _tile_dpbssd(4, 0, B);                               \
+        }                                                        \
+        if (T > 3) {                                             \
+            _tile_loadd(1, (tap) + 3 * ts, pl.a_stride);         \
+            _tile_dpbssd(5, 1, B);                               \
+        }                                                        \
+    } while (0)
+
+// D for T pixel tiles from mt and output block ob (all taps and words) into pl.d.
+template <int T>
+static void group(const Plan& pl, int mt, int ob) {
+    const int steps = static_cast<int>(pl.step_a.size());
+    const size_t a0 = size_t(mt) * pl.tile_step, ts = pl.tile_step;
+    const int8_t* w = pl.w8 + size_t(ob) * pl.b_block;  // step t's weights: w + 1024 t
+    auto tap = [&](int t) { return pl.step_a[t] + a0; };
+    _tile_zero(2);
+    if (T > 1) _tile_zero(3);
+    if (T > 2) _tile_zero(4);
+    if (T > 3) _tile_zero(5);
+    int t = 0;
+    for (; t + 1 < steps; t += 2) {
+        XN_AMX_STEP(6, tap(t), w + size_t(t) * 1024);
+        XN_AMX_STEP(7, tap(t + 1), w + size_t(t + 1) * 1024);
+    }
+    if (t < steps) XN_AMX_STEP(6, tap(t), w + size_t(t) * 1024);
+    int32_t* d = pl.d + 16 * ob;
+    const long stride = 4l * pl.d_stride, tile = 16l * pl.d_stride;
+    _tile_stored(2, d, stride);
+    if (T > 1) _tile_stored(3, d + tile, stride);
+    if (T > 2) _tile_stored(4, d + 2 * tile, stride);
+    if (T > 3) _tile_stored(5, d + 3 * tile, stride);
+}
+#undef XN_AMX_STEP
 
 // Four independent TDPBSSD chains on zero tiles: the matrix unit's int8 rate.
 static uint64_t peak_loop(uint64_t iters) {
-    configure(16);
+    configure();
     _tile_zero(0);
     _tile_zero(1);
     _tile_zero(2);
@@ -141,11 +171,75 @@ static uint64_t peak_loop(uint64_t iters) {
     return static_cast<uint64_t>(c[0]) + iters;
 }
 
+#define XNORNET_BCONV_BLOCK  // binary conv layers run in bconv_block, below
 #include "kernels/layer_rows.inc"
+#undef XNORNET_BCONV_BLOCK
+
+// Binary conv epilogue of one pixel from D (the +-1 dot product over all taps, border taps
+// counted as -1 inputs): the dot product over valid taps is D - (full - base) + 2*inv (inv: the
+// weights' popcount on the border taps), then y = dot * scale + bias; the same integers, hence
+// the same floats, as the XOR kernels' popcount epilogue.
+static inline void dot_pixel(const Layer& L, const int32_t* __restrict d, int oy, int ox,
+                             float* __restrict y) {
+    const Op& op = *L.op;
+    const size_t cls = size_t(L.row_class[oy]) * L.col_classes + L.col_class[ox];
+    const int32_t* __restrict inv = L.invalid_popcount.data() + cls * op.cout;
+    const int32_t off = L.valid_taps[cls] * op.cin - op.k * op.k * op.cin;
+    const float* __restrict scale = op.tensors[3].f32();
+    const float* __restrict bias = op.tensors[4].f32();
+#pragma omp simd
+    for (int o = 0; o < op.cout; ++o) y[o] = float(d[o] + 2 * inv[o] + off) * scale[o] + bias[o];
+}
+
+// A binary conv layer's output rows [oy0, oy_end) of image img: kGroup pixel tiles at a time,
+// all output channels (weights streamed, reused by the group's tiles), then each pixel's whole
+// epilogue while its D is in L1.
+static void bconv_block(const Layer& L, const LayerIO& io, int img, int oy0, int oy_end, Scratch& sc) {
+    const Op& op = *L.op;
+    const Prepared& pr = *L.prep;
+    const int P = pr.words, s = op.stride, Wp = L.in_w + 2 * op.pad, Hp = L.in_h + 2 * op.pad;
+    const BConvRows a{io.bits_in + size_t(img) * Hp * Wp * P, Hp, Wp, P, op.k, s, oy0, oy_end,
+                      L.out_w, nullptr, pr.cout_blocks, nullptr, nullptr, op.cin};
+    const int wq = (Wp + s - 1) / s, rows = oy_end - oy0, mtiles = (rows * wq + 15) / 16;
+    const int blocks16 = (pr.cout_blocks * kLanes + 15) / 16;
+    thread_local aligned_vector<int32_t> dbuf;
+    dbuf.resize(size_t(kGroup) * 16 * blocks16 * 16);
+    Plan pl{expand(a, mtiles), {}, pr.amx_weight.data(), 0, 0, size_t(op.k) * op.k * P * 1024,
+            dbuf.data(), 16 * blocks16};
+    pl.a_stride = static_cast<long>(pl.ph.pixel_bytes);
+    pl.tile_step = 16 * pl.ph.pixel_bytes;
+    for (int ky = 0; ky < op.k; ++ky)
+        for (int kx = 0; kx < op.k; ++kx)
+            for (int p = 0; p < P; ++p) pl.step_a.push_back(pl.ph.tap(ky, kx, p, s));
+    const int C = op.cout, PO = (C + 63) / 64;
+    std::vector<uint64_t*> packed(rows, nullptr);  // where each output row's packed pixels go
+    if (L.next_bconv)
+        for (int y = 0; y < rows; ++y)
+            packed[y] = packed_row(C, L.out_h, L.out_w, *L.next_bconv, io.bits_out, img, oy0 + y);
+    configure();
+    for (int mt = 0; mt < mtiles; mt += kGroup) {
+        const int T = std::min(kGroup, mtiles - mt);
+        for (int ob = 0; ob < blocks16; ++ob) switch (T) {
+                case 4: group<4>(pl, mt, ob); break;
+                case 3: group<3>(pl, mt, ob); break;
+                case 2: group<2>(pl, mt, ob); break;
+                default: group<1>(pl, mt, ob); break;
+            }
+        for (int i = 0, q = mt * 16; i < T * 16; ++i, ++q) {
+            const int y = q / wq, ox = q % wq, oy = oy0 + y;
+            if (y >= rows) break;
+            if (ox >= L.out_w) continue;  // a column past the map's edge
+            float* out = io.act_out ? io.act_out + ((size_t(img) * L.out_h + oy) * L.out_w + ox) * C : sc.row;
+            dot_pixel(L, pl.d + size_t(i) * pl.d_stride, oy, ox, out);
+            finish_pixel(L, io, img, oy, ox, out, packed[y] ? packed[y] + size_t(ox) * PO : nullptr);
+        }
+    }
+    _tile_release();  // lets the core drop the tile state (cheaper context switches, C-states)
+}
 
 }  // namespace amx
 
-const Kernels kernels_amx = {amx::bconv_row, amx::layer_row, amx::pack_row, amx::peak_loop,
-                             4 * 16 * 16 * 64, true};
+const Kernels kernels_amx = {amx::layer_rows, amx::pack_row, amx::peak_loop,
+                             4 * 16 * 16 * 64, /*int8_weights=*/true, /*row_blocks=*/true};
 
 }  // namespace xnornet

@@ -23,7 +23,7 @@ static inline __m256i popcnt64(__m256i v) {  // per 64-bit lane
 // Loops over R are fully unrolled so the accumulators stay in registers; P is a template
 // parameter when small, so the word loop unrolls away.
 template <int R, int PW>
-static void tile(const BConvRow& a, int ox0, int ob) {
+static void tile(const BConvRows& a, int ox0, int ob) {
     const int kk = a.k * a.k, P = PW > 0 ? PW : a.words, step = a.stride * P;
     __m256i acc[R][2];
 #pragma GCC unroll 8
@@ -59,7 +59,7 @@ static void tile(const BConvRow& a, int ox0, int ob) {
 }
 
 template <int PW>
-static void bconv_row_p(const BConvRow& a) {
+static void bconv_row_p(const BConvRows& a) {
     constexpr int R = 4;
     for (int ob = 0; ob < a.cout_blocks; ++ob) {
         int ox = 0;
@@ -68,7 +68,7 @@ static void bconv_row_p(const BConvRow& a) {
     }
 }
 
-static void bconv_row(const BConvRow& a) {
+static void bconv_row(const BConvRows& a) {
     switch (a.words) {
         case 1: return bconv_row_p<1>(a);
         case 2: return bconv_row_p<2>(a);
@@ -103,7 +103,7 @@ static uint64_t peak_loop(uint64_t iters) {
 
 }  // namespace avx2
 
-const Kernels kernels_avx2 = {avx2::bconv_row, avx2::layer_row, avx2::pack_row, avx2::peak_loop,
+const Kernels kernels_avx2 = {avx2::layer_rows, avx2::pack_row, avx2::peak_loop,
                               8 * 256};
 
 }  // namespace xnornet

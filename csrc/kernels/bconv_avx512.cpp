@@ -16,7 +16,7 @@ namespace avx512 {
 // every loop over R and V is fully unrolled so the accumulators live in registers (GCC keeps
 // arrays indexed in loops on the stack otherwise).
 template <int R, int V, int PW>
-static void tile(const BConvRow& a, int ox0, int ob0) {
+static void tile(const BConvRows& a, int ox0, int ob0) {
     const int kk = a.k * a.k, P = PW > 0 ? PW : a.words, step = a.stride * P;
     __m512i acc[R][V];
 #pragma GCC unroll 16
@@ -55,7 +55,7 @@ static void tile(const BConvRow& a, int ox0, int ob0) {
 }
 
 template <int PW>
-static void bconv_row_p(const BConvRow& a) {
+static void bconv_row_p(const BConvRows& a) {
     constexpr int R = 4, V = 4;
     int ob = 0;
     for (; ob + V <= a.cout_blocks; ob += V) {
@@ -70,7 +70,7 @@ static void bconv_row_p(const BConvRow& a) {
     }
 }
 
-static void bconv_row(const BConvRow& a) {
+static void bconv_row(const BConvRows& a) {
     switch (a.words) {
         case 1: return bconv_row_p<1>(a);
         case 2: return bconv_row_p<2>(a);
@@ -103,7 +103,7 @@ static uint64_t peak_loop(uint64_t iters) {
 
 }  // namespace avx512
 
-const Kernels kernels_avx512 = {avx512::bconv_row, avx512::layer_row, avx512::pack_row,
+const Kernels kernels_avx512 = {avx512::layer_rows, avx512::pack_row,
                                 avx512::peak_loop, 8 * 512};
 
 }  // namespace xnornet

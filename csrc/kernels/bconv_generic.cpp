@@ -8,7 +8,7 @@
 namespace xnornet {
 namespace generic {
 
-static void bconv_row(const BConvRow& a) {
+static void bconv_row(const BConvRows& a) {
     const int kk = a.k * a.k, P = a.words;
     for (int ox = 0; ox < a.out_w; ++ox)
         for (int ob = 0; ob < a.cout_blocks; ++ob) {
@@ -45,7 +45,7 @@ static uint64_t peak_loop(uint64_t iters) {
 
 }  // namespace generic
 
-const Kernels kernels_generic = {generic::bconv_row, generic::layer_row, generic::pack_row,
+const Kernels kernels_generic = {generic::layer_rows, generic::pack_row,
                                  generic::peak_loop, 8 * 64};
 
 }  // namespace xnornet

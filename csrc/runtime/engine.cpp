@@ -28,6 +28,14 @@ int out_size(int in, int k, int stride, int pad) {
 }
 bool is_compute(const Op& op) { return op.kind != OpKind::Input; }
 
+// Output rows per layer_rows call: one, or for kernels that reuse weights across rows the whole
+// map, split only as far as needed to give each of `threads` threads work on n images.
+int row_block(const Kernels& K, int out_h, int n, int threads) {
+    if (!K.row_blocks) return 1;
+    const int parts = std::min(out_h, (threads + n - 1) / n);
+    return (out_h + parts - 1) / parts;
+}
+
 std::unique_ptr<Prepared> prepare(const Op& op, bool int8_weights) {
     auto p = std::make_unique<Prepared>();
     const int kk = op.k * op.k;
@@ -223,7 +231,8 @@ Engine::Workspace* Engine::acquire(int n, int h, int w) {
         L.next_bconv = next && next->kind == OpKind::BConv ? next : nullptr;
         if (op.kind == OpKind::BConv) {
             build_border_table(L);
-            max_pop = std::max(max_pop, size_t(L.out_w) * L.prep->cout_blocks * kLanes);
+            const size_t rows = impl_->kernels->row_blocks ? L.out_h : 1;  // see row_block()
+            max_pop = std::max(max_pop, rows * L.out_w * L.prep->cout_blocks * kLanes);
         }
         if (op.kind != OpKind::Head) {
             max_act = std::max(max_act, size_t(n) * L.out_h * L.out_w * op.cout);
@@ -300,10 +309,12 @@ void Engine::run_graph(Workspace& ws, Buffers& buf, int n, int first_img, float*
         }
         const LayerIO io{in, buf.bits[ba].data(), L.float_out ? buf.act[1 - fa].data() : nullptr,
                          L.next_bconv ? buf.bits[1 - ba].data() : nullptr};
+        const int block = row_block(K, L.out_h, n, threads), blocks = (L.out_h + block - 1) / block;
 #pragma omp parallel for schedule(static) num_threads(threads) if (parallel)
-        for (int r = 0; r < n * L.out_h; ++r) {
+        for (int r = 0; r < n * blocks; ++r) {
             Scratch s = scratch(parallel ? omp_get_thread_num() : me);
-            K.layer_row(L, io, r / L.out_h, r % L.out_h, s);
+            const int oy = r % blocks * block;
+            K.layer_rows(L, io, r / blocks, oy, std::min(L.out_h, oy + block), s);
         }
         fa = 1 - fa;
         if (L.next_bconv) ba = 1 - ba;
