@@ -15,7 +15,7 @@ from xnornet.checkpoint import load_model, read_checkpoint, save_checkpoint
 from xnornet.errors import CheckpointError
 from xnornet.models import build_model
 from xnornet.train import TrainConfig, kd_loss, lr_at, should_compile, train
-from xnornet.transforms import normalize, random_crop_flip
+from xnornet.transforms import cutout, normalize, random_crop_flip
 
 TINY = dict(widths=(16, 32), depths=(1, 1))
 
@@ -64,6 +64,27 @@ def test_random_crop_flip_takes_windows_of_the_padded_image():
         flips += matches[0]
     again = random_crop_flip(x, pad, torch.Generator().manual_seed(3))
     assert torch.equal(out, again)  # same generator state, same augmentation
+
+
+def test_cutout_zeroes_one_clipped_square_per_image():
+    x = torch.randn(64, 3, 9, 11) + 5.0  # no zeros of its own
+    size = 4
+    out = cutout(x, size, torch.Generator().manual_seed(1))
+    zero = out == 0
+    assert torch.equal(zero[:, 0], zero[:, 2])  # the same square in every channel
+    inner = 0
+    for i in range(len(x)):
+        ys, xs = torch.nonzero(zero[i, 0], as_tuple=True)
+        assert len(ys) > 0, f"image {i}: nothing cut"
+        y0, y1, x0, x1 = ys.min(), ys.max() + 1, xs.min(), xs.max() + 1
+        assert zero[i, 0, y0:y1, x0:x1].all(), "the cut region is a rectangle"
+        assert (y1 - y0) <= size and (x1 - x0) <= size
+        inner += (y1 - y0) == size and (x1 - x0) == size
+        keep = ~zero[i]
+        assert torch.equal(out[i][keep], x[i][keep])  # the rest untouched
+    assert inner > 0  # squares away from the borders are whole
+    assert torch.equal(out, cutout(x, size, torch.Generator().manual_seed(1)))
+    assert cutout(x, 0, torch.Generator()) is x
 
 
 def test_normalize_layout_and_values():
@@ -170,6 +191,15 @@ def test_resume_refuses_another_model(separable_data, tmp_path):
         train(_cfg(separable_data, tmp_path, epochs=2, model="xnor", resume=True))
 
 
+def test_cutout_training_and_resume_checks_it(separable_data, tmp_path):
+    row = train(_cfg(separable_data, tmp_path, model="fp32", epochs=2, cutout=8))
+    assert row["test_acc"] > 0.3
+    _, meta, _ = read_checkpoint(tmp_path / "model.safetensors")
+    assert meta["train_config"]["cutout"] == 8
+    with pytest.raises(ValueError, match="cutout"):
+        train(_cfg(separable_data, tmp_path, model="fp32", epochs=2, cutout=0, resume=True))
+
+
 def test_kd_training_with_a_teacher(separable_data, tmp_path):
     train(_cfg(separable_data, tmp_path / "teacher", model="fp32", epochs=2))
     row = train(_cfg(separable_data, tmp_path / "student", epochs=2, kd=True, kd_alpha=0.5,
@@ -184,6 +214,8 @@ def test_config_errors():
         TrainConfig(kd=True)
     with pytest.raises(ValueError, match="kd-alpha"):
         TrainConfig(kd=True, teacher_path="x", kd_alpha=1.5)
+    with pytest.raises(ValueError, match="--cutout"):
+        TrainConfig(cutout=-1)
 
 
 def _env():

@@ -52,6 +52,9 @@ def add_train(sub):
     p.add_argument("--weight-decay", type=float, default=None)
     p.add_argument("--warmup-epochs", type=float, default=1.0)
     p.add_argument("--label-smoothing", type=float, default=0.0)
+    p.add_argument("--cutout", type=int, default=0, metavar="N",
+                   help="zero a random NxN square of each training image (after normalization: the "
+                        "mean colour); 16 is the usual CIFAR-10 value; 0 (default): off")
     p.add_argument("--kd", action="store_true", help="distil from --teacher-path")
     p.add_argument("--teacher-path", help="checkpoint (model.safetensors) of the fp32 teacher")
     p.add_argument("--kd-alpha", type=float, default=0.5,
@@ -77,7 +80,8 @@ def run_train(a) -> int:
     from .train import TrainConfig, train
     cfg = TrainConfig(model=a.model, epochs=a.epochs, lr=a.lr, optimizer=a.optimizer,
                       batch_size=a.batch_size, weight_decay=a.weight_decay,
-                      warmup_epochs=a.warmup_epochs, label_smoothing=a.label_smoothing, kd=a.kd,
+                      warmup_epochs=a.warmup_epochs, label_smoothing=a.label_smoothing,
+                      cutout=a.cutout, kd=a.kd,
                       teacher_path=a.teacher_path, kd_alpha=a.kd_alpha,
                       kd_temperature=a.kd_temperature, data_dir=a.data_dir,
                       out=a.out or f"runs/{a.model}", seed=a.seed, subset=a.subset,

@@ -27,7 +27,7 @@ from .checkpoint import load_model, read_checkpoint, save_checkpoint
 from .layers import QuantConv2d, clip_latent_weights
 from .config import ALIASES, TrunkConfig
 from .models import build_model
-from .transforms import normalize, random_crop_flip
+from .transforms import cutout, normalize, random_crop_flip
 
 
 @dataclass
@@ -40,6 +40,7 @@ class TrainConfig:
     weight_decay: float | None = None  # None: 5e-4 for SGD; Adam: 0 on binary kernels, 1e-4 elsewhere
     warmup_epochs: float = 1.0       # linear warm-up, then cosine decay to 0 at the last step
     label_smoothing: float = 0.0
+    cutout: int = 0                  # side of the square cut from each training image; 0: off
     kd: bool = False
     teacher_path: str | None = None
     kd_alpha: float = 0.5            # loss = a*CE + (1-a)*T^2*KL(teacher || student)
@@ -69,6 +70,8 @@ class TrainConfig:
             raise ValueError("--kd-alpha must be in [0, 1] and --kd-temperature > 0")
         if self.epochs < 1 or self.batch_size < 1:
             raise ValueError("--epochs and --batch-size must be >= 1")
+        if self.cutout < 0:
+            raise ValueError(f"--cutout must be >= 0 (0: off), got {self.cutout}")
 
 
 # ---------------------------------------------------------------- losses and schedule
@@ -224,6 +227,8 @@ def train(cfg: TrainConfig) -> dict:
         saved = meta["train_config"]
         changed = [k for k in ("epochs", "batch_size", "seed", "lr", "optimizer")
                    if saved.get(k) != getattr(cfg, k)] + (["world size"] if meta["world_size"] != world else [])
+        if saved.get("cutout", 0) != cfg.cutout:  # (checkpoints from before --cutout: 0)
+            changed.append("cutout")
         if changed:
             raise ValueError(f"cannot resume {ckpt_path} with different {', '.join(changed)}; "
                              "use the original settings or another --out")
@@ -271,7 +276,7 @@ def train(cfg: TrainConfig) -> dict:
                    disable=not (cfg.progress and main), leave=False, mininterval=2.0)
         for i in bar:
             idx = perm[i * cfg.batch_size:(i + 1) * cfg.batch_size].to(device)
-            x = normalize(random_crop_flip(train_x[idx], 4, g), mean, std)
+            x = cutout(normalize(random_crop_flip(train_x[idx], 4, g), mean, std), cfg.cutout, g)
             y = train_y[idx]
             for group in optimizer.param_groups:
                 group["lr"] = lr_at(epoch * steps_per_epoch + i, total_steps, warmup, cfg.lr)

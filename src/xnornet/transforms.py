@@ -1,4 +1,5 @@
-"""Batched tensor transforms for training: random crop with zero padding, horizontal flip, normalize.
+"""Batched tensor transforms for training: random crop with zero padding, horizontal flip, cutout,
+normalize.
 
 All work on whole batches (no per-image Python): x is (N, H, W, C) uint8, as data.py stores it.
 """
@@ -32,3 +33,23 @@ def normalize(x: torch.Tensor, mean, std) -> torch.Tensor:
     mean = torch.as_tensor(mean, dtype=torch.float32, device=x.device).view(1, -1, 1, 1)
     std = torch.as_tensor(std, dtype=torch.float32, device=x.device).view(1, -1, 1, 1)
     return (x.permute(0, 3, 1, 2).float().div_(255.0) - mean).div_(std)
+
+
+def cutout(x: torch.Tensor, size: int, generator: torch.Generator) -> torch.Tensor:
+    """Zero one random ``size`` x ``size`` square per image of a normalized (N, C, H, W) batch.
+
+    Cutout (DeVries & Taylor, 2017): the square's centre is uniform over the image and the square
+    is clipped at the borders, so near an edge less is cut. Applied after normalization, zero is
+    the dataset's mean colour. One mask for the whole batch from broadcast comparisons; random
+    numbers from ``generator``, as in random_crop_flip.
+    """
+    if size <= 0:
+        return x
+    n, _, h, w = x.shape
+    cy = torch.randint(0, h, (n, 1, 1), generator=generator)
+    cx = torch.randint(0, w, (n, 1, 1), generator=generator)
+    rows = torch.arange(h).view(1, h, 1)
+    cols = torch.arange(w).view(1, 1, w)
+    top, left = cy - size // 2, cx - size // 2
+    inside = (rows >= top) & (rows < top + size) & (cols >= left) & (cols < left + size)
+    return x * (~inside).to(x.device, x.dtype)[:, None]
