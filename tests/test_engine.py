@@ -70,6 +70,19 @@ def test_bconv_matches_reference(isa, case, batch, threads):
 
 
 @pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("k,pad,stride", [(1, 0, 1), (1, 0, 2), (5, 2, 1), (5, 2, 2), (3, 0, 1), (2, 1, 2)])
+@pytest.mark.parametrize("batch,threads", [(1, 3), (2, 1)])
+def test_bconv_other_kernel_sizes_and_row_blocks(isa, k, pad, stride, batch, threads):
+    """Kernel sizes and paddings the trunk does not use, and (batch 1, 3 threads) maps split into
+    uneven row blocks: where kernels that take many rows per call (amx)
+    place their tiles (e.g. 7 output rows -> 3 + 3 + 1)."""
+    rng = np.random.default_rng(k * 100 + pad * 10 + stride)
+    op = bconv_op(70, 24, stride, relu=True, k=k, pad=pad, rng=rng)
+    x = rng.normal(0, 1, (batch, 70, 13, 9)).astype(np.float32)
+    check([op], x, isa, threads)
+
+
+@pytest.mark.parametrize("isa", ISAS)
 @pytest.mark.parametrize("cin,cout,stride,residual", [
     (3, 64, 1, mf.RES_NONE), (3, 13, 2, mf.RES_NONE), (16, 16, 1, mf.RES_IDENTITY),
     (8, 16, 2, mf.RES_DOWNSAMPLE), (5, 32, 1, mf.RES_NONE)])
