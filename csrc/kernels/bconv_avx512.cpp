@@ -45,13 +45,17 @@ static void tile(const BConvRows& a, int ox0, int ob0) {
             }
         }
     }
+    // Locals: a store through a.pop could alias the fields of `a` as far as the compiler knows,
+    // which made it reload a.cout_blocks for every one of the R*V stores (measured: ~20% of the
+    // tile's time on 64-channel layers).
+    int32_t* __restrict pop = a.pop + (size_t(ox0) * a.cout_blocks + ob0) * kLanes;
+    const size_t pixel = size_t(a.cout_blocks) * kLanes;
 #pragma GCC unroll 16
     for (int r = 0; r < R; ++r)
 #pragma GCC unroll 16
         for (int v = 0; v < V; ++v)
-            _mm256_storeu_si256(
-                reinterpret_cast<__m256i*>(a.pop + ((ox0 + r) * a.cout_blocks + ob0 + v) * kLanes),
-                _mm512_cvtepi64_epi32(acc[r][v]));
+            _mm256_storeu_si256(reinterpret_cast<__m256i*>(pop + r * pixel + v * kLanes),
+                                _mm512_cvtepi64_epi32(acc[r][v]));
 }
 
 template <int PW>
