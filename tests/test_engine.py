@@ -80,6 +80,9 @@ def test_bconv_other_kernel_sizes_and_row_blocks(isa, k, pad, stride, batch, thr
     op = bconv_op(70, 24, stride, relu=True, k=k, pad=pad, rng=rng)
     x = rng.normal(0, 1, (batch, 70, 13, 9)).astype(np.float32)
     check([op], x, isa, threads)
+    # The same op packing its output for a following binary conv (no float output kept).
+    chain = [op, bconv_op(24, 40, 1, k=k, pad=pad, rng=rng)]
+    check(chain, x, isa, threads)
 
 
 @pytest.mark.parametrize("isa", ISAS)

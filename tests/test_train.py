@@ -71,7 +71,7 @@ def test_cutout_zeroes_one_clipped_square_per_image():
     size = 4
     out = cutout(x, size, torch.Generator().manual_seed(1))
     zero = out == 0
-    assert torch.equal(zero[:, 0], zero[:, 2])  # the same square in every channel
+    assert torch.equal(zero[:, 0], zero[:, 1]) and torch.equal(zero[:, 0], zero[:, 2])  # every channel
     inner = 0
     for i in range(len(x)):
         ys, xs = torch.nonzero(zero[i, 0], as_tuple=True)

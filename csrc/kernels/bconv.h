@@ -1,5 +1,5 @@
-// Per-ISA kernels. One translation unit per ISA (generic, avx2, avx512) with identical
-// signatures; only that unit gets the ISA's compiler flags; runtime/dispatch.cpp picks one.
+// Per-ISA kernels. One translation unit per ISA (generic, avx2, avx512, amx), each filling a
+// Kernels table; only that unit gets the ISA's compiler flags; runtime/dispatch.cpp picks one.
 // Knows nothing of Python.
 //
 // Layouts (N, H, W, C as everywhere; P = 64-bit words per pixel = ceil(C_in / 64)):
@@ -7,8 +7,7 @@
 //        border pixels and bits past C_in are 0
 //   w    kernel-ready weights, [cout/8][k*k][P][8]: 8 output channels interleaved per word, so a
 //        vector lane accumulates one output channel and no horizontal reduction is needed
-//   pop  [rows][out_w][cout_pad] int32: sum over taps and words of popcount(act ^ w), for the
-//        output rows [oy, oy_end)
+//   pop  [out_w][cout_pad] int32: sum over taps and words of popcount(act ^ w)
 #pragma once
 #include <cstdint>
 
@@ -16,17 +15,16 @@
 
 namespace xnornet {
 
-struct BConvRows {
+// One output row of a binary conv, for the XOR-popcount kernels' bconv_row.
+struct BConvRow {
     const uint64_t* act;  // top-left of the padded input image
-    int hp, wp;           // padded input height and width
+    int wp;               // padded input width
     int words;            // P
     int k, stride;
-    int oy, oy_end, out_w;  // output rows [oy, oy_end)
+    int oy, out_w;
     const uint64_t* w;
     int cout_blocks;      // cout_pad / kLanes
-    int32_t* pop;         // (oy_end - oy) * out_w * cout_blocks * kLanes
-    const int8_t* w8;     // AMX only: int8 +-1 weights, [cout/16][k*k][P][16][64] (VNNI)
-    int cin;
+    int32_t* pop;         // out_w * cout_blocks * kLanes
 };
 
 struct Kernels {
@@ -41,9 +39,10 @@ struct Kernels {
     uint64_t (*peak_loop)(uint64_t iters);
     int peak_macs_per_iter;
     bool int8_weights = false;  // needs Prepared::amx_weight
-    // bconv_rows gains from many rows per call (weights reused across rows): the executor hands
-    // it whole feature maps (or the largest blocks that keep every thread busy), not single rows.
-    bool row_blocks = false;
+    // Binary conv layers run in the kernel's own code on whole maps, which reuses each weight
+    // load across rows: the executor hands layer_rows whole feature maps (or, with more threads
+    // than images, balanced row blocks), not single rows, and needs no popcount scratch.
+    bool whole_maps = false;
 };
 
 extern const Kernels kernels_generic;

@@ -6,8 +6,8 @@
 // A binary dot product is an int8 one on +-1 values, so the matrix unit computes it exactly.
 //
 // Activations stay bit-packed between layers, as for the other kernels. The executor hands this
-// kernel whole feature maps (Kernels::row_blocks), so every weight tile loaded meets all output
-// pixels of the map, not one row's. The input rows are expanded to int8 (+1 / -1, one vpblendmb
+// kernel whole feature maps (Kernels::whole_maps), so a weight tile, once loaded, serves a group
+// of 64 output pixels that may span several rows (one row of an 8x8 map has only 8). The input rows are expanded to int8 (+1 / -1, one vpblendmb
 // per 64 channels) into stride x stride phase images, phase (py, px) holding padded pixels
 // (stride*i + py, stride*j + px). Numbered q = row * Wq + column over a phase image's width Wq,
 // the output pixels of a tap then sit at evenly spaced addresses: an A tile is 16 consecutive q
@@ -62,17 +62,26 @@ struct Phases {
     }
 };
 
-// Expand the padded input rows that output rows [a.oy, a.oy_end) read into int8 phase images.
-// Pixels past the padded image (the slack that the last tiles' dropped rows read) are -1.
-static Phases expand(const BConvRows& a, int mtiles) {
+// The packed input of one call: padded image, its geometry, the first output row.
+struct Source {
+    const uint64_t* act;  // top-left of the padded input image, [hp][wp][words]
+    int hp, wp, words, k, stride, oy;
+};
+
+// Expand the padded input rows that output rows from a.oy on read (mtiles pixel tiles of them)
+// into int8 phase images. Pixels past the padded image (the slack that the last tiles' dropped
+// rows read) are -1. With k < stride the phases (py, px) with py or px >= k are never read and
+// stay unfilled.
+static Phases expand(const Source& a, int mtiles) {
     const int s = a.stride, P = a.words, wq = (a.wp + s - 1) / s, reach = (a.k - 1) / s;
     const size_t pb = size_t(64) * P;
     const size_t pixels = size_t(mtiles) * 16 + size_t(reach) * (wq + 1);
     thread_local aligned_vector<int8_t> buf;  // tile rows must not straddle cache lines
     buf.resize(size_t(s) * s * pixels * pb);
     const __m512i plus = _mm512_set1_epi8(1), minus = _mm512_set1_epi8(-1);
-    for (int py = 0; py < s; ++py)
-        for (int px = 0; px < s; ++px) {
+    const int used = std::min(s, a.k);
+    for (int py = 0; py < used; ++py)
+        for (int px = 0; px < used; ++px) {
             int8_t* dst = buf.data() + (size_t(py) * s + px) * pixels * pb;
             for (size_t q = 0; q < pixels; ++q, dst += pb) {
                 const int r = s * (a.oy + int(q / wq)) + py, c = s * int(q % wq) + px;
@@ -199,8 +208,7 @@ static void bconv_block(const Layer& L, const LayerIO& io, int img, int oy0, int
     const Op& op = *L.op;
     const Prepared& pr = *L.prep;
     const int P = pr.words, s = op.stride, Wp = L.in_w + 2 * op.pad, Hp = L.in_h + 2 * op.pad;
-    const BConvRows a{io.bits_in + size_t(img) * Hp * Wp * P, Hp, Wp, P, op.k, s, oy0, oy_end,
-                      L.out_w, nullptr, pr.cout_blocks, nullptr, nullptr, op.cin};
+    const Source a{io.bits_in + size_t(img) * Hp * Wp * P, Hp, Wp, P, op.k, s, oy0};
     const int wq = (Wp + s - 1) / s, rows = oy_end - oy0, mtiles = (rows * wq + 15) / 16;
     const int blocks16 = (pr.cout_blocks * kLanes + 15) / 16;
     thread_local aligned_vector<int32_t> dbuf;
@@ -241,6 +249,6 @@ static void bconv_block(const Layer& L, const LayerIO& io, int img, int oy0, int
 }  // namespace amx
 
 const Kernels kernels_amx = {amx::layer_rows, amx::pack_row, amx::peak_loop,
-                             4 * 16 * 16 * 64, /*int8_weights=*/true, /*row_blocks=*/true};
+                             4 * 16 * 16 * 64, /*int8_weights=*/true, /*whole_maps=*/true};
 
 }  // namespace xnornet

@@ -23,7 +23,7 @@ static inline __m256i popcnt64(__m256i v) {  // per 64-bit lane
 // Loops over R are fully unrolled so the accumulators stay in registers; P is a template
 // parameter when small, so the word loop unrolls away.
 template <int R, int PW>
-static void tile(const BConvRows& a, int ox0, int ob) {
+static void tile(const BConvRow& a, int ox0, int ob) {
     const int kk = a.k * a.k, P = PW > 0 ? PW : a.words, step = a.stride * P;
     __m256i acc[R][2];
 #pragma GCC unroll 8
@@ -59,7 +59,7 @@ static void tile(const BConvRows& a, int ox0, int ob) {
 }
 
 template <int PW>
-static void bconv_row_p(const BConvRows& a) {
+static void bconv_row_p(const BConvRow& a) {
     constexpr int R = 4;
     for (int ob = 0; ob < a.cout_blocks; ++ob) {
         int ox = 0;
@@ -68,7 +68,7 @@ static void bconv_row_p(const BConvRows& a) {
     }
 }
 
-static void bconv_row(const BConvRows& a) {
+static void bconv_row(const BConvRow& a) {
     switch (a.words) {
         case 1: return bconv_row_p<1>(a);
         case 2: return bconv_row_p<2>(a);

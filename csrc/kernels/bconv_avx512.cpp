@@ -16,7 +16,7 @@ namespace avx512 {
 // every loop over R and V is fully unrolled so the accumulators live in registers (GCC keeps
 // arrays indexed in loops on the stack otherwise).
 template <int R, int V, int PW>
-static void tile(const BConvRows& a, int ox0, int ob0) {
+static void tile(const BConvRow& a, int ox0, int ob0) {
     const int kk = a.k * a.k, P = PW > 0 ? PW : a.words, step = a.stride * P;
     __m512i acc[R][V];
 #pragma GCC unroll 16
@@ -59,7 +59,7 @@ static void tile(const BConvRows& a, int ox0, int ob0) {
 }
 
 template <int PW>
-static void bconv_row_p(const BConvRows& a) {
+static void bconv_row_p(const BConvRow& a) {
     constexpr int R = 4, V = 4;
     int ob = 0;
     for (; ob + V <= a.cout_blocks; ob += V) {
@@ -74,7 +74,7 @@ static void bconv_row_p(const BConvRows& a) {
     }
 }
 
-static void bconv_row(const BConvRows& a) {
+static void bconv_row(const BConvRow& a) {
     switch (a.words) {
         case 1: return bconv_row_p<1>(a);
         case 2: return bconv_row_p<2>(a);

@@ -8,7 +8,7 @@
 namespace xnornet {
 namespace generic {
 
-static void bconv_row(const BConvRows& a) {
+static void bconv_row(const BConvRow& a) {
     const int kk = a.k * a.k, P = a.words;
     for (int ox = 0; ox < a.out_w; ++ox)
         for (int ob = 0; ob < a.cout_blocks; ++ob) {

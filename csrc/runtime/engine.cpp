@@ -28,13 +28,12 @@ int out_size(int in, int k, int stride, int pad) {
 }
 bool is_compute(const Op& op) { return op.kind != OpKind::Input; }
 
-// Output rows per layer_rows call: one, or for kernels that reuse weights across rows the whole
-// map, split only as far as needed to give each of `threads` threads work on n images.
-int row_block(const Kernels& K, int out_h, int n, int threads) {
-    if (!K.row_blocks) return 1;
-    const int parts = std::min(out_h, (threads + n - 1) / n);
-    return (out_h + parts - 1) / parts;
+// Output rows [first, end) of part `part` of `parts` of a map: one row per call, or for kernels
+// that run whole maps the map in as few balanced parts as keep `threads` threads busy on n images.
+int row_parts(const Kernels& K, int out_h, int n, int threads) {
+    return K.whole_maps ? std::min(out_h, (threads + n - 1) / n) : out_h;
 }
+int part_start(int part, int parts, int out_h) { return int(int64_t(part) * out_h / parts); }
 
 std::unique_ptr<Prepared> prepare(const Op& op, bool int8_weights) {
     auto p = std::make_unique<Prepared>();
@@ -231,8 +230,8 @@ Engine::Workspace* Engine::acquire(int n, int h, int w) {
         L.next_bconv = next && next->kind == OpKind::BConv ? next : nullptr;
         if (op.kind == OpKind::BConv) {
             build_border_table(L);
-            const size_t rows = impl_->kernels->row_blocks ? L.out_h : 1;  // see row_block()
-            max_pop = std::max(max_pop, rows * L.out_w * L.prep->cout_blocks * kLanes);
+            if (!impl_->kernels->whole_maps)  // (those kernels keep their own scratch)
+                max_pop = std::max(max_pop, size_t(L.out_w) * L.prep->cout_blocks * kLanes);
         }
         if (op.kind != OpKind::Head) {
             max_act = std::max(max_act, size_t(n) * L.out_h * L.out_w * op.cout);
@@ -309,12 +308,13 @@ void Engine::run_graph(Workspace& ws, Buffers& buf, int n, int first_img, float*
         }
         const LayerIO io{in, buf.bits[ba].data(), L.float_out ? buf.act[1 - fa].data() : nullptr,
                          L.next_bconv ? buf.bits[1 - ba].data() : nullptr};
-        const int block = row_block(K, L.out_h, n, threads), blocks = (L.out_h + block - 1) / block;
+        const int parts = row_parts(K, L.out_h, n, threads);
 #pragma omp parallel for schedule(static) num_threads(threads) if (parallel)
-        for (int r = 0; r < n * blocks; ++r) {
+        for (int r = 0; r < n * parts; ++r) {
             Scratch s = scratch(parallel ? omp_get_thread_num() : me);
-            const int oy = r % blocks * block;
-            K.layer_rows(L, io, r / blocks, oy, std::min(L.out_h, oy + block), s);
+            const int part = r % parts;
+            K.layer_rows(L, io, r / parts, part_start(part, parts, L.out_h),
+                         part_start(part + 1, parts, L.out_h), s);
         }
         fa = 1 - fa;
         if (L.next_bconv) ba = 1 - ba;

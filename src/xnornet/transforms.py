@@ -1,7 +1,8 @@
 """Batched tensor transforms for training: random crop with zero padding, horizontal flip, cutout,
 normalize.
 
-All work on whole batches (no per-image Python): x is (N, H, W, C) uint8, as data.py stores it.
+All work on whole batches (no per-image Python): random_crop_flip and normalize take (N, H, W, C)
+uint8, as data.py stores it; cutout takes the normalized (N, C, H, W) float batch.
 """
 from __future__ import annotations
 
