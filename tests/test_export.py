@@ -87,6 +87,18 @@ def test_cli_export_eval_and_bench(tmp_path, capsys):
     assert all(r["engine_ms"] > 0 and r["torch_fp32_ms"] > 0 for r in bench["layers"])
     assert bench["peak_binary_gmacs"] > 0
     assert "| op |" in capsys.readouterr().out
+    from xnornet.engine import implementations
+    if any(i["name"] == "amx" and i["supported"] for i in implementations()):
+        # amx's own peak is the tile-product loop's; the table adds the XOR-popcount one
+        assert cli.main(["bench", "kernels", "--model-file", str(out), "--batch", "2", "--repeats", "1",
+                         "--isa", "amx", "--json", str(js)]) == 0
+        amx = json.loads(js.read_text())
+        assert amx["xor_peak_isa"] != "amx" and amx["xor_peak_binary_gmacs"] > 0
+        assert amx["peak_binary_gmacs"] != amx["xor_peak_binary_gmacs"]
+        for r in amx["layers"]:
+            assert r["xor_peak_fraction"] == pytest.approx(
+                r["peak_fraction"] * amx["peak_binary_gmacs"] / amx["xor_peak_binary_gmacs"])
+        assert "% of XOR-popcount peak" in capsys.readouterr().out
 
 
 def test_cli_errors_are_one_line(tmp_path, capsys):
