@@ -41,7 +41,7 @@ struct Kernels {
     bool int8_weights = false;  // needs Prepared::amx_weight
     // Binary conv layers run in the kernel's own code on whole maps, which reuses each weight
     // load across rows: the executor hands layer_rows whole feature maps (or, with more threads
-    // than images, balanced row blocks), not single rows, and needs no popcount scratch.
+    // than images, balanced row blocks), not single rows.
     bool whole_maps = false;
 };
 
@@ -49,5 +49,6 @@ extern const Kernels kernels_generic;
 extern const Kernels kernels_avx2;
 extern const Kernels kernels_avx512;
 extern const Kernels kernels_amx;
+extern const Kernels kernels_amx_mixed;  // amx where tiles pay, avx512 elsewhere
 
 }  // namespace xnornet

@@ -248,7 +248,24 @@ static void bconv_block(const Layer& L, const LayerIO& io, int img, int oy0, int
 
 }  // namespace amx
 
+namespace amx {
+// Where tile products beat the AVX-512 XOR-popcount kernel on this project's VM (measured layer
+// by layer, docs/engine.md): stride 1 with up to 128 input channels. Strided and wider layers
+// have too few output pixels per map for the int8 weights (8x the bits) to pay.
+static bool tiles_pay(const Op& op) { return op.stride == 1 && op.cin <= 128; }
+
+// The "amx+avx512" implementation: tile products where they pay, the avx512 kernels elsewhere.
+static void layer_rows_mixed(const Layer& L, const LayerIO& io, int img, int oy0, int oy_end, Scratch& s) {
+    if (L.op->kind == OpKind::BConv && !tiles_pay(*L.op))
+        return kernels_avx512.layer_rows(L, io, img, oy0, oy_end, s);
+    layer_rows(L, io, img, oy0, oy_end, s);
+}
+}  // namespace amx
+
 const Kernels kernels_amx = {amx::layer_rows, amx::pack_row, amx::peak_loop,
                              4 * 16 * 16 * 64, /*int8_weights=*/true, /*whole_maps=*/true};
+
+const Kernels kernels_amx_mixed = {amx::layer_rows_mixed, amx::pack_row, amx::peak_loop,
+                                   4 * 16 * 16 * 64, /*int8_weights=*/true, /*whole_maps=*/true};
 
 }  // namespace xnornet

@@ -14,10 +14,14 @@ const std::vector<Implementation>& implementations() {
 #ifdef XNORNET_X86_KERNELS
         t.push_back({"avx512", "AVX-512F + VPOPCNTDQ: 8 output channels per zmm, 4x4 register tile",
                      &kernels_avx512, f.avx512f && f.avx512_vpopcntdq});
-        // Opt-in (XNORNET_ISA=amx): correct, but no faster than avx512 so far (docs/engine.md).
-        t.push_back({"amx", "AMX-INT8, opt-in: bits expanded to int8 +-1 per feature map, 16x64 by "
-                     "64x16 tile products (TDPBSSD), each weight tile on 4 pixel tiles", &kernels_amx, f.amx_int8 && f.avx512bw,
-                     /*automatic=*/false});
+        // Opt-in (XNORNET_ISA=amx+avx512 / amx), see docs/engine.md.
+        const bool amx = f.amx_int8 && f.avx512bw;
+        t.push_back({"amx+avx512", "AMX-INT8 tile products where they pay (stride 1, <= 128 input "
+                     "channels), avx512 elsewhere; opt-in", &kernels_amx_mixed,
+                     amx && f.avx512f && f.avx512_vpopcntdq, /*automatic=*/false});
+        t.push_back({"amx", "AMX-INT8 for every binary conv: bits expanded to int8 +-1 per feature "
+                     "map, 16x64 by 64x16 tile products (TDPBSSD), each weight tile on 4 pixel "
+                     "tiles; opt-in", &kernels_amx, amx, /*automatic=*/false});
         t.push_back({"avx2", "AVX2: nibble-LUT popcount (vpshufb + vpsadbw), 4-pixel tile",
                      &kernels_avx2, f.avx2});
 #else

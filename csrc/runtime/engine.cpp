@@ -230,8 +230,7 @@ Engine::Workspace* Engine::acquire(int n, int h, int w) {
         L.next_bconv = next && next->kind == OpKind::BConv ? next : nullptr;
         if (op.kind == OpKind::BConv) {
             build_border_table(L);
-            if (!impl_->kernels->whole_maps)  // (those kernels keep their own scratch)
-                max_pop = std::max(max_pop, size_t(L.out_w) * L.prep->cout_blocks * kLanes);
+            max_pop = std::max(max_pop, size_t(L.out_w) * L.prep->cout_blocks * kLanes);
         }
         if (op.kind != OpKind::Head) {
             max_act = std::max(max_act, size_t(n) * L.out_h * L.out_w * op.cout);
