@@ -7,8 +7,9 @@
 //
 // Activations stay bit-packed between layers, as for the other kernels. The executor hands this
 // kernel whole feature maps (Kernels::whole_maps), so a weight tile, once loaded, serves a group
-// of 64 output pixels that may span several rows (one row of an 8x8 map has only 8). The input rows are expanded to int8 (+1 / -1, one vpblendmb
-// per 64 channels) into stride x stride phase images, phase (py, px) holding padded pixels
+// of 64 output pixels that may span several rows (one row of an 8x8 map has only 8). The input
+// rows are expanded to int8 (+1 / -1, one vpblendmb per 64 channels) into stride x stride phase
+// images, phase (py, px) holding padded pixels
 // (stride*i + py, stride*j + px). Numbered q = row * Wq + column over a phase image's width Wq,
 // the output pixels of a tap then sit at evenly spaced addresses: an A tile is 16 consecutive q
 // (wrapping across rows; the Wq - out_w columns past the map's edge are computed and dropped) and
@@ -246,26 +247,27 @@ static void bconv_block(const Layer& L, const LayerIO& io, int img, int oy0, int
     _tile_release();  // lets the core drop the tile state (cheaper context switches, C-states)
 }
 
-}  // namespace amx
-
-namespace amx {
 // Where tile products beat the AVX-512 XOR-popcount kernel on this project's VM (measured layer
 // by layer, docs/engine.md): stride 1 with up to 128 input channels. Strided and wider layers
 // have too few output pixels per map for the int8 weights (8x the bits) to pay.
-static bool tiles_pay(const Op& op) { return op.stride == 1 && op.cin <= 128; }
+static bool tiles_pay(const Op& op) { return op.kind == OpKind::BConv && op.stride == 1 && op.cin <= 128; }
+static bool every_bconv(const Op& op) { return op.kind == OpKind::BConv; }
 
-// The "amx+avx512" implementation: tile products where they pay, the avx512 kernels elsewhere.
+// The "amx+avx512" implementation: tile products where they pay, the avx512 kernels elsewhere
+// (those layers get no int8 weights either: Kernels::int8_weights is tiles_pay).
 static void layer_rows_mixed(const Layer& L, const LayerIO& io, int img, int oy0, int oy_end, Scratch& s) {
     if (L.op->kind == OpKind::BConv && !tiles_pay(*L.op))
         return kernels_avx512.layer_rows(L, io, img, oy0, oy_end, s);
     layer_rows(L, io, img, oy0, oy_end, s);
 }
+
 }  // namespace amx
 
-const Kernels kernels_amx = {amx::layer_rows, amx::pack_row, amx::peak_loop,
-                             4 * 16 * 16 * 64, /*int8_weights=*/true, /*whole_maps=*/true};
+const Kernels kernels_amx = {amx::layer_rows, amx::pack_row, amx::peak_loop, 4 * 16 * 16 * 64,
+                             /*int8_weights=*/amx::every_bconv, /*whole_maps=*/true};
 
 const Kernels kernels_amx_mixed = {amx::layer_rows_mixed, amx::pack_row, amx::peak_loop,
-                                   4 * 16 * 16 * 64, /*int8_weights=*/true, /*whole_maps=*/true};
+                                   4 * 16 * 16 * 64, /*int8_weights=*/amx::tiles_pay,
+                                   /*whole_maps=*/true};
 
 }  // namespace xnornet

@@ -28,11 +28,12 @@ int out_size(int in, int k, int stride, int pad) {
 }
 bool is_compute(const Op& op) { return op.kind != OpKind::Input; }
 
-// Output rows [first, end) of part `part` of `parts` of a map: one row per call, or for kernels
-// that run whole maps the map in as few balanced parts as keep `threads` threads busy on n images.
+// Into how many parts (layer_rows calls) a map of out_h rows goes: one per row, or for kernels
+// that run whole maps as few as keep `threads` threads busy on n images.
 int row_parts(const Kernels& K, int out_h, int n, int threads) {
     return K.whole_maps ? std::min(out_h, (threads + n - 1) / n) : out_h;
 }
+// First row of part `part` of `parts`: balanced, part sizes differ by at most one row.
 int part_start(int part, int parts, int out_h) { return int(int64_t(part) * out_h / parts); }
 
 std::unique_ptr<Prepared> prepare(const Op& op, bool int8_weights) {
@@ -156,7 +157,8 @@ struct Engine::Workspace {
 Engine::Engine(Model model, int threads, const std::string& isa)
     : model_(std::move(model)), impl_(&select_implementation(isa)),
       threads_(std::min(threads > 0 ? threads : omp_get_max_threads(), kMaxThreads)) {
-    for (const Op& op : model_.ops) prepared_.push_back(prepare(op, impl_->kernels->int8_weights));
+    const Kernels& K = *impl_->kernels;
+    for (const Op& op : model_.ops) prepared_.push_back(prepare(op, K.int8_weights && K.int8_weights(op)));
 }
 
 Engine::~Engine() = default;

@@ -126,8 +126,8 @@ def bench_kernels(model_path, batch=128, threads=1, repeats=5, isa=None, progres
 
 # Implementations whose peak_loop is not the XOR-popcount one: what it times (the "% of peak"
 # column is relative to it; their tables add a "% of XOR-popcount peak" column).
-PEAK_LOOPS = {"amx": "register-only int8 tile-product loop, TDPBSSD",
-              "amx+avx512": "register-only int8 tile-product loop, TDPBSSD"}
+_TILE_LOOP = "register-only int8 tile-product loop, TDPBSSD"
+PEAK_LOOPS = {"amx": _TILE_LOOP, "amx+avx512": _TILE_LOOP}
 XOR_PEAK_LOOP = "register-only XOR-popcount loop"
 
 
