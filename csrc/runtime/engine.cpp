@@ -307,8 +307,12 @@ void Engine::run_graph(Workspace& ws, Buffers& buf, int n, int first_img, float*
             lap(li);
             return;
         }
-        const LayerIO io{in, buf.bits[ba].data(), L.float_out ? buf.act[1 - fa].data() : nullptr,
-                         L.next_bconv ? buf.bits[1 - ba].data() : nullptr};
+        // A binary conv with an identity shortcut writes y over x: only its own pixel's x is
+        // read (the conv reads the packed bits), and one float map less streams through the cache.
+        const bool over_input = L.float_out && L.op->kind == OpKind::BConv &&
+                                L.op->residual == Residual::Identity;
+        float* const act_out = !L.float_out ? nullptr : over_input ? buf.act[fa].data() : buf.act[1 - fa].data();
+        const LayerIO io{in, buf.bits[ba].data(), act_out, L.next_bconv ? buf.bits[1 - ba].data() : nullptr};
         const int parts = row_parts(K, L.out_h, n, threads);
 #pragma omp parallel for schedule(static) num_threads(threads) if (parallel)
         for (int r = 0; r < n * parts; ++r) {
@@ -317,7 +321,7 @@ void Engine::run_graph(Workspace& ws, Buffers& buf, int n, int first_img, float*
             K.layer_rows(L, io, r / parts, part_start(part, parts, L.out_h),
                          part_start(part + 1, parts, L.out_h), s);
         }
-        fa = 1 - fa;
+        if (!over_input) fa = 1 - fa;
         if (L.next_bconv) ba = 1 - ba;
         lap(li);
     }
