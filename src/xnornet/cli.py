@@ -258,7 +258,7 @@ def add_bench(sub):
     k.add_argument("--repeats", type=_positive, default=5)
     k.add_argument("--isa", choices=["amx+avx512", "amx", "avx512", "avx2", "generic"], default=None,
                    help="force a kernel implementation (default: $XNORNET_ISA, else the first "
-                   "supported of avx512, avx2, generic; amx+avx512 and amx only on request)")
+                   "supported of amx+avx512, avx512, avx2, generic; amx only on request)")
     k.add_argument("--json", dest="k_json_out", help="write every number here")
 
 

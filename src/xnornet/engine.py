@@ -56,8 +56,8 @@ class Engine:
     @classmethod
     def load(cls, path, threads: int | None = None, isa: str | None = None) -> "Engine":
         """Load a packed model file. threads: None = all cores. isa: None = $XNORNET_ISA or the
-        best this CPU supports; 'avx512', 'avx2' or 'generic' forces one (ValueError if the CPU
-        lacks it)."""
+        best this CPU supports; 'amx+avx512', 'avx512', 'amx', 'avx2' or 'generic' forces one
+        (ValueError if the CPU lacks it)."""
         path = Path(path)
         if not path.is_file():
             raise ModelFileError(f"model file {path} does not exist")
