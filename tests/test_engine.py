@@ -105,6 +105,17 @@ def test_fused_chain_matches_reference(isa, batch, threads):
     check(ops, x, isa, threads, atol=1e-3)
 
 
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("cin,cout", [(16, 48), (24, 48), (72, 144), (128, 256)])
+def test_downsample_shortcut_channel_counts(isa, cin, cout):
+    """The average-pooled, channel-repeated shortcut: 16-channel chunks where cin allows (one
+    vector register), the general loop for the rest; repeats of 2 and 3."""
+    ops = [conv_fp_op(3, cin), bconv_op(cin, cin, residual=mf.RES_IDENTITY),
+           bconv_op(cin, cout, 2, mf.RES_DOWNSAMPLE), head_op(cout, 5)]
+    x = RNG.normal(0, 1, (3, 3, 10, 6)).astype(np.float32)
+    check(ops, x, isa, 2, atol=1e-3)
+
+
 def test_uint8_input_is_normalized_like_the_reference():
     mean, std = np.array([0.4, 0.5, 0.6], np.float32), np.array([0.2, 0.25, 0.3], np.float32)
     ops = [mf.Op(mf.INPUT, [8, 8, 3], [mean, std]), conv_fp_op(3, 64), bconv_op(64, 64), head_op(64, 10)]
