@@ -62,6 +62,20 @@ def test_bench_rounds_report_medians(files):
         assert r["accuracy"] is not None and r["agreement_with_pytorch_bnn"] == 1.0
 
 
+def test_xor_peak_isa_skips_tile_product_implementations():
+    from xnornet.bench import xor_peak_isa
+
+    def impls(*rows):
+        return [{"name": n, "supported": s, "automatic": a} for n, s, a in rows]
+    every = impls(("amx+avx512", True, True), ("avx512", True, True), ("amx", True, False),
+                  ("avx2", True, True), ("generic", True, True))
+    assert xor_peak_isa(every) == "avx512"
+    no_avx512 = impls(("amx+avx512", False, True), ("avx512", False, True), ("amx", False, False),
+                      ("avx2", True, True), ("generic", True, True))
+    assert xor_peak_isa(no_avx512) == "avx2"
+    assert xor_peak_isa(impls(("generic", True, True))) == "generic"
+
+
 def test_engine_lists_agree():
     from xnornet.e2e_bench import ENGINES
     assert tuple(cli.ENGINE_NAMES) == ENGINES

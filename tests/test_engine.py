@@ -108,12 +108,59 @@ def test_fused_chain_matches_reference(isa, batch, threads):
 @pytest.mark.parametrize("isa", ISAS)
 @pytest.mark.parametrize("cin,cout", [(16, 48), (24, 48), (72, 144), (128, 256)])
 def test_downsample_shortcut_channel_counts(isa, cin, cout):
-    """The average-pooled, channel-repeated shortcut: 16-channel chunks where cin allows (one
-    vector register), the general loop for the rest; repeats of 2 and 3."""
+    """The average-pooled, channel-repeated shortcut: 16-channel chunks where cin allows, the
+    general loop for the rest; repeats of 2 and 3."""
     ops = [conv_fp_op(3, cin), bconv_op(cin, cin, residual=mf.RES_IDENTITY),
            bconv_op(cin, cout, 2, mf.RES_DOWNSAMPLE), head_op(cout, 5)]
     x = RNG.normal(0, 1, (3, 3, 10, 6)).astype(np.float32)
     check(ops, x, isa, 2, atol=1e-3)
+
+
+def float32_bconv(op, x):
+    """One binary conv the way PyTorch's float32 eval model rounds it: the +-1 dot product
+    (exact), then (dot * scale + bias) + shortcut, each step rounded to float32."""
+    in_s, in_b, bits, scale, bias = op.tensors
+    cin, cout, k, stride, pad, relu, residual = op.params[:7]
+    b = np.where(x * in_s[None, :, None, None] + in_b[None, :, None, None] >= 0, 1.0, -1.0)
+    dot = reference.conv(b, np.where(mf.unpack_bits(bits, cin), 1.0, -1.0), stride, pad).astype(np.float32)
+    y = dot * scale[None, :, None, None] + bias[None, :, None, None]
+    if residual == mf.RES_IDENTITY:
+        y = y + x
+    elif residual == mf.RES_DOWNSAMPLE:  # the window's sum in row order, then / stride^2
+        n, c, h, w = x.shape
+        win = x.reshape(n, c, h // stride, stride, w // stride, stride)
+        total = np.zeros((n, c, h // stride, w // stride), np.float32)
+        for dy in range(stride):
+            for dx in range(stride):
+                total = total + win[:, :, :, dy, :, dx]
+        y = y + np.tile(total * np.float32(1 / stride**2), (1, cout // c, 1, 1))
+    return np.maximum(y, np.float32(0)) if relu else y
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("batch,threads", [(1, 2), (3, 2)])
+@pytest.mark.parametrize("cin,cout,stride,residual,relu", [
+    (64, 64, 1, mf.RES_IDENTITY, False), (100, 100, 1, mf.RES_IDENTITY, True),
+    (64, 128, 2, mf.RES_DOWNSAMPLE, False), (24, 72, 2, mf.RES_DOWNSAMPLE, True)])
+def test_bconv_floats_are_bitwise_pytorchs(isa, batch, threads, cin, cout, stride, residual, relu):
+    """Not just close: the same float32 roundings as the PyTorch model, so that no activation near
+    a threshold flips. Covers the identity shortcut added in place and the pooled one."""
+    op = bconv_op(cin, cout, stride, residual, relu)
+    x = RNG.normal(0, 1, (batch, cin, 6, 10)).astype(np.float32)
+    got = Engine.from_bytes(mf.to_bytes([op]), threads=threads, isa=isa).run(x)
+    np.testing.assert_array_equal(got, float32_bconv(op, x))
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("batch,threads", [(1, 2), (3, 2)])
+def test_chain_of_in_place_and_bits_only_layers(isa, batch, threads):
+    """Identity layers back to back (each writes over its input), one whose output only feeds a
+    binary conv's bits (no float output), and one more identity layer after it."""
+    ops = [conv_fp_op(3, 64), bconv_op(64, 64, residual=mf.RES_IDENTITY),
+           bconv_op(64, 64, residual=mf.RES_IDENTITY), bconv_op(64, 64),
+           bconv_op(64, 64, residual=mf.RES_IDENTITY), head_op(64, 5)]
+    x = RNG.normal(0, 1, (batch, 3, 9, 7)).astype(np.float32)
+    check(ops, x, isa, threads, atol=1e-3)
 
 
 def test_uint8_input_is_normalized_like_the_reference():

@@ -847,8 +847,14 @@ def test_default_isa_is_the_best_supported(monkeypatch):
     assert load(GOOD).isa == best == xengine.default_isa()
     assert best != "amx"  # amx alone is opt-in
     monkeypatch.setenv("XNORNET_ISA", "")
-    assert load(GOOD).isa == best
+    assert load(GOOD).isa == best == xengine.default_isa()
     assert [i["name"] for i in xengine.implementations() if not i["automatic"]] in ([], ["amx"])
+
+
+def test_implementations_in_priority_order():
+    names = [i["name"] for i in xengine.implementations()]
+    # x86 builds have every kernel compiled in (usable or not); other builds only the portable one
+    assert names in (["amx+avx512", "avx512", "amx", "avx2", "generic"], ["generic"])
 
 
 def test_bad_file_error_wins_over_isa(monkeypatch):

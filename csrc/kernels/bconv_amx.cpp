@@ -189,17 +189,17 @@ static uint64_t peak_loop(uint64_t iters) {
 // Binary conv epilogue of one pixel from D (the +-1 dot product over all taps, border taps
 // counted as -1 inputs): the dot product over valid taps is D - (full - base) + 2*inv (inv: the
 // weights' popcount on the border taps), then y = dot * scale + bias; the same integers, hence
-// the same floats, as the XOR kernels' popcount epilogue. With `in_place` y holds the identity
+// the same floats, as the XOR kernels' popcount epilogue. With `add_x` y holds the identity
 // shortcut on entry and gets (dot * scale + bias) + shortcut.
 static inline void dot_pixel(const Layer& L, const int32_t* __restrict d, int oy, int ox,
-                             float* __restrict y, bool in_place) {
+                             float* __restrict y, bool add_x) {
     const Op& op = *L.op;
     const size_t cls = size_t(L.row_class[oy]) * L.col_classes + L.col_class[ox];
     const int32_t* __restrict inv = L.invalid_popcount.data() + cls * op.cout;
     const int32_t off = L.valid_taps[cls] * op.cin - op.k * op.k * op.cin;
     const float* __restrict scale = op.tensors[3].f32();
     const float* __restrict bias = op.tensors[4].f32();
-    if (in_place) {
+    if (add_x) {
 #pragma omp simd
         for (int o = 0; o < op.cout; ++o) y[o] = (float(d[o] + 2 * inv[o] + off) * scale[o] + bias[o]) + y[o];
     } else {
@@ -246,7 +246,7 @@ static void bconv_block(const Layer& L, const LayerIO& io, int img, int oy0, int
             if (y >= rows) break;
             if (ox >= L.out_w) continue;  // a column past the map's edge
             float* out = io.act_out ? io.act_out + ((size_t(img) * L.out_h + oy) * L.out_w + ox) * C : sc.row;
-            dot_pixel(L, pl.d + size_t(i) * pl.d_stride, oy, ox, out, in_place(io));
+            dot_pixel(L, pl.d + size_t(i) * pl.d_stride, oy, ox, out, io.over_input);
             finish_pixel(L, io, img, oy, ox, out, packed[y] ? packed[y] + size_t(ox) * PO : nullptr);
         }
     }

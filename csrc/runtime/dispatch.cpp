@@ -12,8 +12,8 @@ const std::vector<Implementation>& implementations() {
         const CpuFeatures& f = cpu_features();
         std::vector<Implementation> t;
 #ifdef XNORNET_X86_KERNELS
-        // amx+avx512 first: 3-8% faster than avx512 at every batch size and thread count measured
-        // (docs/engine.md). amx alone is opt-in: slower than avx512 on strided and wide layers.
+        // amx+avx512 first: 7-10% faster than avx512 at every batch size and thread count measured
+        // (docs/engine.md, Dispatch). amx alone is opt-in: slower than avx512 on strided and wide layers.
         const bool avx512 = f.avx512f && f.avx512_vpopcntdq, amx = f.amx_int8 && f.avx512bw;
         t.push_back({"amx+avx512", "AMX-INT8 tile products where they pay (stride 1, <= 128 input "
                      "channels), avx512 elsewhere", &kernels_amx_mixed, amx && avx512});

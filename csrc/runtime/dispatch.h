@@ -10,7 +10,7 @@
 namespace xnornet {
 
 struct Implementation {
-    std::string name;         // "avx512", "amx", "avx2", "generic"
+    std::string name;         // "amx+avx512", "avx512", "amx", "avx2", "generic"
     std::string description;
     const Kernels* kernels;
     bool supported;           // compiled in and usable on this CPU

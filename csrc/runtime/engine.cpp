@@ -312,7 +312,8 @@ void Engine::run_graph(Workspace& ws, Buffers& buf, int n, int first_img, float*
         const bool over_input = L.float_out && L.op->kind == OpKind::BConv &&
                                 L.op->residual == Residual::Identity;
         float* const act_out = !L.float_out ? nullptr : over_input ? buf.act[fa].data() : buf.act[1 - fa].data();
-        const LayerIO io{in, buf.bits[ba].data(), act_out, L.next_bconv ? buf.bits[1 - ba].data() : nullptr};
+        const LayerIO io{in, buf.bits[ba].data(), act_out, L.next_bconv ? buf.bits[1 - ba].data() : nullptr,
+                         over_input};
         const int parts = row_parts(K, L.out_h, n, threads);
 #pragma omp parallel for schedule(static) num_threads(threads) if (parallel)
         for (int r = 0; r < n * parts; ++r) {

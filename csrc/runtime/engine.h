@@ -17,7 +17,8 @@ namespace xnornet {
 
 class Engine {
 public:
-    // threads <= 0: all cores (OpenMP's default). isa: "" / "auto" / "avx512" / "avx2" / "generic".
+    // threads <= 0: all cores (OpenMP's default). isa: "" / "auto" / "amx+avx512" / "avx512" /
+    // "amx" / "avx2" / "generic".
     Engine(Model model, int threads, const std::string& isa);
     ~Engine();
 

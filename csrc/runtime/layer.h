@@ -66,6 +66,9 @@ struct LayerIO {
     const uint64_t* bits_in;  // packed, zero-bordered input (BConv)
     float* act_out;           // NHWC float output, or null when no one needs it
     uint64_t* bits_out;       // packed output for L.next_bconv, or null
+    // act_out == act_in, for a binary conv with an identity shortcut: y is written over x, and the
+    // epilogue adds x where it stores y instead of adding the shortcut afterwards.
+    bool over_input = false;
 };
 
 struct Scratch {

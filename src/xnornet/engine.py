@@ -139,7 +139,7 @@ class Engine:
 
 def default_isa() -> str:
     """The implementation Engine.load would pick now (honours $XNORNET_ISA)."""
-    forced = os.environ.get("XNORNET_ISA", "auto")
+    forced = os.environ.get("XNORNET_ISA") or "auto"  # empty means auto, as in Engine.load
     if forced != "auto":
         return forced
     return next(i["name"] for i in implementations() if i["supported"] and i["automatic"])
