@@ -14,7 +14,10 @@ from xnornet import cli
 from xnornet.checkpoint import load_model, read_checkpoint, save_checkpoint
 from xnornet.errors import CheckpointError
 from xnornet.models import build_model
-from xnornet.train import TrainConfig, kd_loss, lr_at, should_compile, train
+from xnornet.config import TrunkConfig
+from xnornet.export import export_model
+from xnornet.layers import QuantConv2d
+from xnornet.train import TrainConfig, init_from_checkpoint, kd_loss, lr_at, should_compile, train
 from xnornet.transforms import cutout, normalize, random_crop_flip
 
 TINY = dict(widths=(16, 32), depths=(1, 1))
@@ -209,6 +212,65 @@ def test_kd_training_with_a_teacher(separable_data, tmp_path):
     assert meta["train_config"]["kd"] is True
 
 
+@pytest.mark.parametrize("kind", ["xnor", "bireal"])
+def test_real_weights_model_binarizes_activations_only(kind):
+    model = build_model(kind, binary_weights=False, **TINY)
+    convs = [m for m in model.modules() if isinstance(m, QuantConv2d)]
+    assert convs and all(not m.is_binary and m.input_quantizer is not None for m in convs)
+    for m in convs:  # the conv uses its float weights as they are
+        assert torch.equal(m.scaled_kernel(), m.weight)
+    assert all(m.is_binary for m in build_model(kind, **TINY).modules() if isinstance(m, QuantConv2d))
+
+
+def test_init_from_real_weights_resets_scales(tmp_path):
+    stage1 = build_model("bireal", binary_weights=False, **TINY)
+    with torch.no_grad():
+        for p in stage1.parameters():
+            p.add_(torch.randn_like(p) * 0.1)
+    save_checkpoint(tmp_path / "s1.safetensors", stage1, {"model_config": stage1.config.to_dict()})
+    stage2 = build_model("bireal", **TINY)
+    assert "binarized" in init_from_checkpoint(stage2, tmp_path / "s1.safetensors")
+    s1, s2 = stage1.state_dict(), stage2.state_dict()
+    for k in s1:
+        if k.endswith(".alpha"):  # mean |W| of the loaded weights, per output channel
+            w = s1[k.replace(".alpha", ".weight")]
+            assert torch.allclose(s2[k], w.abs().mean(dim=(1, 2, 3)))
+            assert not torch.allclose(s2[k], s1[k])
+        else:
+            assert torch.equal(s1[k], s2[k]), k
+    other = build_model("bireal", widths=(16, 64), depths=(1, 1))
+    with pytest.raises(ValueError, match="differs in widths"):
+        init_from_checkpoint(other, tmp_path / "s1.safetensors")
+    with pytest.raises(ValueError, match="differs in kind"):
+        init_from_checkpoint(build_model("xnor", **TINY), tmp_path / "s1.safetensors")
+
+
+def test_two_stage_training(separable_data, tmp_path):
+    row = train(_cfg(separable_data, tmp_path / "s1", epochs=2, real_weights=True))
+    assert row["test_acc"] > 0.3
+    s1 = tmp_path / "s1" / "model.safetensors"
+    _, meta, _ = read_checkpoint(s1)
+    assert meta["model_config"]["binary_weights"] is False
+    with pytest.raises(CheckpointError, match="--init-from"):
+        export_model(s1, tmp_path / "s1.xnor")
+    row = train(_cfg(separable_data, tmp_path / "s2", epochs=2, init_from=str(s1)))
+    assert row["test_acc"] > 0.3
+    assert export_model(tmp_path / "s2" / "model.safetensors", tmp_path / "s2.xnor")["bytes"] > 0
+    with pytest.raises(ValueError, match="--resume"):  # stage 1's checkpoint is another model
+        train(_cfg(separable_data, tmp_path / "s1", epochs=2, resume=True))
+
+
+def test_resume_accepts_checkpoints_from_before_binary_weights(separable_data, tmp_path, monkeypatch):
+    real = TrunkConfig.to_dict
+    monkeypatch.setattr(TrunkConfig, "to_dict",
+                        lambda self: {k: v for k, v in real(self).items() if k != "binary_weights"})
+    train(_cfg(separable_data, tmp_path, epochs=1))
+    assert "binary_weights" not in read_checkpoint(tmp_path / "checkpoint.safetensors")[1]["model_config"]
+    monkeypatch.setattr(TrunkConfig, "to_dict", real)
+    row = train(_cfg(separable_data, tmp_path, epochs=1, resume=True))  # nothing left to run
+    assert row["epoch"] == 1
+
+
 def test_config_errors():
     with pytest.raises(ValueError, match="teacher-path"):
         TrainConfig(kd=True)
@@ -216,6 +278,10 @@ def test_config_errors():
         TrainConfig(kd=True, teacher_path="x", kd_alpha=1.5)
     with pytest.raises(ValueError, match="--cutout"):
         TrainConfig(cutout=-1)
+    with pytest.raises(ValueError, match="--real-weights"):
+        TrainConfig(model="fp32", real_weights=True)
+    with pytest.raises(ValueError, match="no binary weights"):
+        TrunkConfig(kind="fp32", binary_weights=False)
 
 
 def _env():

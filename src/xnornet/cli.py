@@ -55,6 +55,13 @@ def add_train(sub):
     p.add_argument("--cutout", type=int, default=0, metavar="N",
                    help="zero a random NxN square of each training image (after normalization: the "
                         "mean colour); 16 is the usual CIFAR-10 value; 0 (default): off")
+    p.add_argument("--real-weights", action="store_true",
+                   help="binary activations, real-valued weights: stage 1 of two-stage training "
+                   "(xnor, bireal; not exportable). Stage 2: the same model without this flag, "
+                   "--init-from <stage 1>/model.safetensors")
+    p.add_argument("--init-from", metavar="CHECKPOINT",
+                   help="start from this checkpoint's weights (same network) instead of at random; "
+                   "ignored when --resume finds a checkpoint")
     p.add_argument("--kd", action="store_true", help="distil from --teacher-path")
     p.add_argument("--teacher-path", help="checkpoint (model.safetensors) of the fp32 teacher")
     p.add_argument("--kd-alpha", type=float, default=0.5,
@@ -81,7 +88,7 @@ def run_train(a) -> int:
     cfg = TrainConfig(model=a.model, epochs=a.epochs, lr=a.lr, optimizer=a.optimizer,
                       batch_size=a.batch_size, weight_decay=a.weight_decay,
                       warmup_epochs=a.warmup_epochs, label_smoothing=a.label_smoothing,
-                      cutout=a.cutout, kd=a.kd,
+                      cutout=a.cutout, real_weights=a.real_weights, init_from=a.init_from, kd=a.kd,
                       teacher_path=a.teacher_path, kd_alpha=a.kd_alpha,
                       kd_temperature=a.kd_temperature, data_dir=a.data_dir,
                       out=a.out or f"runs/{a.model}", seed=a.seed, subset=a.subset,

@@ -13,6 +13,9 @@ class TrunkConfig:
     widths: tuple[int, ...] = (64, 128, 256)
     depths: tuple[int, ...] = (3, 3, 3)
     num_classes: int = 10
+    # False: binary activations with real-valued weights in the binary convs, stage 1 of two-stage
+    # training (docs/training.md); such a model cannot be exported. Only for xnor and bireal.
+    binary_weights: bool = True
 
     def __post_init__(self):
         kind = ALIASES.get(self.kind, self.kind)
@@ -21,6 +24,8 @@ class TrunkConfig:
                              f"{sorted(MODEL_KINDS + tuple(ALIASES))}")
         if len(self.widths) != len(self.depths) or min(self.depths) < 1:
             raise ValueError(f"widths {self.widths} and depths {self.depths} must pair up, depths >= 1")
+        if kind == "fp32" and not self.binary_weights:
+            raise ValueError("fp32 has no binary weights to make real-valued")
         object.__setattr__(self, "kind", kind)
         object.__setattr__(self, "widths", tuple(int(w) for w in self.widths))
         object.__setattr__(self, "depths", tuple(int(d) for d in self.depths))

@@ -80,6 +80,13 @@ def ops_from_checkpoint(path, checkpoint=None) -> list[mf.Op]:
     w, meta = checkpoint or read_checkpoint_np(path)
     try:
         cfg = TrunkConfig(**meta["model_config"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise CheckpointError(f"{path}: weights do not match the model it describes: {e}") from e
+    if not cfg.binary_weights:
+        raise CheckpointError(f"{path} has real-valued weights in its binary convs (stage 1 of "
+                              "two-stage training, --real-weights): train stage 2 from it with "
+                              "--init-from, then export that")
+    try:
         w0 = cfg.widths[0]
         stem_s, stem_b = _bn(w, "stem.1")
         ops = [mf.Op(mf.INPUT, [32, 32, 3], [np.asarray(meta["mean"], np.float32),

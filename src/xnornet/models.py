@@ -56,23 +56,25 @@ class FPBlock(nn.Module):
 
 
 class XnorBlock(nn.Module):
-    def __init__(self, cin, cout, stride):
+    def __init__(self, cin, cout, stride, binary_weights=True):
         super().__init__()
         self.bn = nn.BatchNorm2d(cin)
         self.conv = QuantConv2d(cin, cout, 3, stride, 1, input_quantizer="ste_sign",
-                                kernel_quantizer="ste_sign", scale="mean_abs")
+                                kernel_quantizer="ste_sign" if binary_weights else None,
+                                scale="mean_abs")
 
     def forward(self, x):
         return self.conv(self.bn(x))
 
 
 class BiRealBlock(nn.Module):
-    def __init__(self, cin, cout, stride):
+    def __init__(self, cin, cout, stride, binary_weights=True):
         super().__init__()
         # Learnable per-channel threshold: sign(x + t). Folded into the previous epilogue at export.
         self.threshold = nn.Parameter(torch.zeros(1, cin, 1, 1))
         self.conv = QuantConv2d(cin, cout, 3, stride, 1, input_quantizer="approx_sign",
-                                kernel_quantizer="ste_sign", scale="learnable")
+                                kernel_quantizer="ste_sign" if binary_weights else None,
+                                scale="learnable")
         self.bn = nn.BatchNorm2d(cout)
         self.shortcut = _shortcut(cin, cout, stride)
 
@@ -93,9 +95,10 @@ class Trunk(nn.Module):
             stem.append(nn.ReLU(inplace=True))
         self.stem = nn.Sequential(*stem)
         block, blocks, cin = BLOCKS[config.kind], [], w0
+        extra = {} if config.kind == "fp32" else {"binary_weights": config.binary_weights}
         for s, (width, depth) in enumerate(zip(config.widths, config.depths)):
             for d in range(depth):
-                blocks.append(block(cin, width, 2 if (s > 0 and d == 0) else 1))
+                blocks.append(block(cin, width, 2 if (s > 0 and d == 0) else 1, **extra))
                 cin = width
         self.blocks = nn.Sequential(*blocks)
         self.head = nn.Sequential(nn.BatchNorm2d(cin), nn.ReLU(inplace=True),

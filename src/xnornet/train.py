@@ -41,6 +41,8 @@ class TrainConfig:
     warmup_epochs: float = 1.0       # linear warm-up, then cosine decay to 0 at the last step
     label_smoothing: float = 0.0
     cutout: int = 0                  # side of the square cut from each training image; 0: off
+    real_weights: bool = False       # stage 1 of two-stage training: binary activations only
+    init_from: str | None = None     # start from this checkpoint's weights (stage 2), not at random
     kd: bool = False
     teacher_path: str | None = None
     kd_alpha: float = 0.5            # loss = a*CE + (1-a)*T^2*KL(teacher || student)
@@ -72,6 +74,8 @@ class TrainConfig:
             raise ValueError("--epochs and --batch-size must be >= 1")
         if self.cutout < 0:
             raise ValueError(f"--cutout must be >= 0 (0: off), got {self.cutout}")
+        if self.real_weights and not binary:
+            raise ValueError("--real-weights is for xnor and bireal (fp32 weights are real already)")
 
 
 # ---------------------------------------------------------------- losses and schedule
@@ -99,6 +103,29 @@ def lr_at(step: int, total: int, warmup: int, peak: float) -> float:
 
 
 # ---------------------------------------------------------------- setup helpers
+
+def init_from_checkpoint(model, path) -> str:
+    """Load the weights of checkpoint ``path`` into ``model`` (stage 2 of two-stage training:
+    a binary model starting from the stage-1 model with real-valued weights). The two must be
+    the same network apart from ``binary_weights``. -> a line saying what was done."""
+    model_sd, meta, _ = read_checkpoint(path)
+    src = TrunkConfig(**meta["model_config"])
+    mine = model.config
+    differ = [k for k in ("kind", "widths", "depths", "num_classes") if getattr(src, k) != getattr(mine, k)]
+    if differ:
+        raise ValueError(f"--init-from {path}: its model differs in {', '.join(differ)} "
+                         f"({src.to_dict()} vs {mine.to_dict()})")
+    model.load_state_dict(model_sd)
+    if src.binary_weights or not mine.binary_weights:
+        return f"initialized from {path}"
+    # Real-valued weights become latent binary ones: their learnable scales were never used in
+    # stage 1, so restart them as XNOR-Net's alpha, mean |W| per output channel.
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, QuantConv2d) and m.is_binary and m.alpha is not None:
+                m.alpha.copy_(m.weight.abs().mean(dim=(1, 2, 3)))
+    return f"initialized from {path} (real-valued weights, now binarized; scales reset to mean |W|)"
+
 
 def cpu_has_bf16() -> bool:
     try:
@@ -213,14 +240,15 @@ def train(cfg: TrainConfig) -> dict:
     train_x = torch.from_numpy(train_split.images).to(device)
     train_y = torch.from_numpy(train_split.labels).to(device)
 
-    model = build_model(cfg.model, widths=cfg.widths, depths=cfg.depths,
-                        num_classes=len(ds.classes)).to(device, memory_format=torch.channels_last)
+    model = build_model(cfg.model, widths=cfg.widths, depths=cfg.depths, num_classes=len(ds.classes),
+                        binary_weights=not cfg.real_weights).to(device, memory_format=torch.channels_last)
     optimizer = make_optimizer(model, cfg)
     history: list[dict] = []
     start_epoch = 0
     if cfg.resume and ckpt_path.is_file():
         model_sd, meta, optim_sd = read_checkpoint(ckpt_path)
-        if meta["model_config"] != model.config.to_dict():
+        # (through TrunkConfig: checkpoints from before a config field get its default)
+        if TrunkConfig(**meta["model_config"]).to_dict() != model.config.to_dict():
             raise ValueError(f"{ckpt_path} holds a {meta['model_config']} model, not the requested "
                              f"{model.config.to_dict()}; use another --out or drop --resume")
         # The LR schedule and the data order depend on these: resuming with others would jump.
@@ -237,6 +265,10 @@ def train(cfg: TrainConfig) -> dict:
         history, start_epoch = meta["history"], meta["epoch"]
         if main:
             print(f"resuming {ckpt_path} after epoch {start_epoch}")
+    elif cfg.init_from:
+        note = init_from_checkpoint(model, cfg.init_from)
+        if main:
+            print(note)
 
     teacher = None
     if cfg.kd:
