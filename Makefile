@@ -3,8 +3,11 @@
 VENV    ?= .venv
 PY      := $(VENV)/bin/python
 PIP     := $(PY) -m pip
-# torch is pinned: an unpinned torch pulls a multi-GB CUDA build here, 2.13.0 is a CPU wheel.
+# torch is pinned: an unpinned torch can pull a multi-GB CUDA build. On this project's machines
+# pip's configured index serves 2.13.0 as a CPU wheel; plain PyPI's Linux wheel bundles CUDA, so
+# elsewhere run e.g. `make test TORCH_INDEX=https://download.pytorch.org/whl/cpu` for the CPU build.
 TORCH   ?= torch==2.13.0
+TORCH_INDEX ?=
 # The data set: $XNORNET_DATA if set, else the shared JPEG copy if present, else downloaded.
 SHARED_DATA := $(wildcard ../shared/data/cifar10-jpeg)
 export XNORNET_DATA ?= $(SHARED_DATA)
@@ -21,7 +24,7 @@ $(PY):
 # Reinstall only when the build inputs change (Python sources are an editable install).
 $(STAMP): $(PY) $(SOURCES)
 	$(PIP) install -q --upgrade pip
-	$(PIP) install -q "$(TORCH)"
+	$(PIP) install -q $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX)) "$(TORCH)"
 	$(PIP) install -q "scikit-build-core>=0.10" "nanobind>=2.0" cmake ninja
 	$(PIP) install -q --no-build-isolation -e ".[train,test,bench]"
 	touch $(STAMP)

@@ -662,6 +662,7 @@ def local_download(http_server, monkeypatch, cifar_pickle_dumps):
 def test_load_downloads_when_absent_then_reuses(tmp_path, local_download):
     calls, expected = local_download
     dest = tmp_path / "explicit-dest"
+    dest.mkdir()  # a folder the user chose gets a download only if it exists and is empty
 
     ds = load_cifar10(dest, download=True, progress=False)
     assert calls == [dest]
@@ -680,6 +681,26 @@ def test_load_downloads_into_cache_by_default(tmp_path, local_download):
     assert calls == [target]
     assert (target / PY_DIR / "data_batch_1").is_file()
     _assert_matches_archive(ds, expected)
+
+
+def test_chosen_folder_must_exist_and_be_empty_to_download(tmp_path, local_download, monkeypatch):
+    calls, _ = local_download
+    with pytest.raises(DataError, match="does not exist.*create it first"):
+        load_cifar10(tmp_path / "typo", download=True, progress=False)
+    assert not (tmp_path / "typo").exists()
+    other = tmp_path / "holiday-photos"
+    other.mkdir()
+    (other / "beach.jpg").write_bytes(b"not cifar")
+    with pytest.raises(DataError, match="not empty, so nothing was downloaded"):
+        load_cifar10(other, download=True, progress=False)
+    monkeypatch.setenv("XNORNET_DATA", str(tmp_path / "env-typo"))  # $XNORNET_DATA: the same rule
+    with pytest.raises(DataError, match="does not exist"):
+        load_cifar10(None, download=True, progress=False)
+    a_file = tmp_path / "data.bin"
+    a_file.write_bytes(b"x")
+    with pytest.raises(DataError, match="is a file, not a folder"):
+        load_cifar10(a_file, download=True, progress=False)
+    assert calls == []
 
 
 def test_load_does_not_download_when_forbidden(tmp_path, local_download):

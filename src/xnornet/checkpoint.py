@@ -17,6 +17,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from .errors import CheckpointError
+from .export import check_checkpoint_path
 from .models import Trunk, TrunkConfig
 
 
@@ -52,8 +53,7 @@ def save_checkpoint(path, model: torch.nn.Module, meta: dict, optimizer=None) ->
 def read_checkpoint(path) -> tuple[dict, dict, dict | None]:
     """-> (model state_dict, run metadata, optimizer state_dict or None)."""
     path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint {path} does not exist")
+    check_checkpoint_path(path)
     try:
         tensors = load_file(str(path))
         with safe_open(str(path), "pt") as f:

@@ -18,6 +18,13 @@ def _ints(text: str) -> tuple[int, ...]:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
 
 
+def _thread_counts(text: str) -> tuple[int, ...]:
+    counts = _ints(text)
+    if min(counts) < 1:
+        raise argparse.ArgumentTypeError(f"thread counts must be >= 1, got {text!r}")
+    return counts
+
+
 def _positive(text: str) -> int:
     v = int(text)
     if v < 1:
@@ -26,6 +33,21 @@ def _positive(text: str) -> int:
 
 
 MODEL_CHOICES = list(MODEL_KINDS) + sorted(ALIASES)
+DATA_DIR_HELP = ("CIFAR-10 folder: cifar-10-batches-py/ or train/ and test/ image folders "
+                 "(default: $XNORNET_DATA, else the user cache, downloaded there if absent)")
+
+
+def check_output_paths(**paths) -> None:
+    """Output files are written after the work: check at the start that they can be, so a typo
+    does not lose a ten-minute run. Keyword: the option's name, value: the path (or None)."""
+    for option, path in paths.items():
+        if not path:
+            continue
+        flag, p = "--" + option.replace("_", "-"), Path(path)
+        if p.is_dir():
+            raise ValueError(f"{flag} {p}: is a folder; give a file name")
+        if not p.parent.is_dir():
+            raise ValueError(f"{flag} {p}: folder {p.parent} does not exist")
 
 
 def _add_trunk_args(p):
@@ -43,15 +65,17 @@ def add_train(sub):
                        "checkpoint.safetensors, model.safetensors, metrics.jsonl/.csv and "
                        "curves.png to --out after every epoch.")
     p.add_argument("--model", choices=MODEL_CHOICES, default="bireal")
-    p.add_argument("--epochs", type=_positive, default=20)
+    p.add_argument("--epochs", type=_positive, default=20, help="default 20")
     p.add_argument("--lr", type=float, default=None,
                    help="peak learning rate (default 0.1 with SGD, 2e-3 with Adam)")
     p.add_argument("--optimizer", choices=["sgd", "adam"], default=None,
                    help="default: sgd for fp32, adam (AdamW) for binary models")
-    p.add_argument("--batch-size", type=_positive, default=128)
-    p.add_argument("--weight-decay", type=float, default=None)
-    p.add_argument("--warmup-epochs", type=float, default=1.0)
-    p.add_argument("--label-smoothing", type=float, default=0.0)
+    p.add_argument("--batch-size", type=_positive, default=128, help="default 128")
+    p.add_argument("--weight-decay", type=float, default=None,
+                   help="default 5e-4 with SGD; with Adam (AdamW) 1e-4, none on binary kernels")
+    p.add_argument("--warmup-epochs", type=float, default=1.0,
+                   help="linear learning-rate warm-up before the cosine decay (default 1)")
+    p.add_argument("--label-smoothing", type=float, default=0.0, help="default 0 (off)")
     p.add_argument("--cutout", type=int, default=0, metavar="N",
                    help="zero a random NxN square of each training image (after normalization: the "
                         "mean colour); 16 is the usual CIFAR-10 value; 0 (default): off")
@@ -67,9 +91,9 @@ def add_train(sub):
     p.add_argument("--kd-alpha", type=float, default=0.5,
                    help="loss = a*CE + (1-a)*T^2*KL (default a=0.5)")
     p.add_argument("--kd-temperature", type=float, default=3.0, help="KD temperature T (default 3)")
-    p.add_argument("--data-dir", help="CIFAR-10 folder (default: $XNORNET_DATA, else the user cache)")
+    p.add_argument("--data-dir", help=DATA_DIR_HELP)
     p.add_argument("--out", default=None, help="output folder (default runs/<model>)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="default 0")
     p.add_argument("--subset", type=_positive, default=None,
                    help="use only the first N training and N test images (smoke runs)")
     p.add_argument("--resume", action="store_true",
@@ -109,15 +133,18 @@ def add_eval(sub):
     src.add_argument("--checkpoint", help="model.safetensors or checkpoint.safetensors (PyTorch)")
     src.add_argument("--model-file", help="packed model file (.xnor) from `xnornet export` "
                      "(default, when neither is given: the model shipped in the package)")
-    p.add_argument("--engine", choices=["native", "torch", "both"], default="native",
+    p.add_argument("--engine", choices=["native", "torch", "both"], default=None,
                    help="runtime for --model-file: the native engine, the PyTorch model rebuilt "
                    "from the file, or both with their top-1 agreement and largest logit "
                    "difference (default native)")
-    p.add_argument("--threads", type=_positive, default=None, help="engine threads (default all)")
-    p.add_argument("--data-dir")
+    p.add_argument("--threads", type=_positive, default=None,
+                   help="native engine threads, with --model-file (default all cores)")
+    p.add_argument("--data-dir", help=DATA_DIR_HELP)
     p.add_argument("--subset", type=_positive, default=None, help="first N test images only")
-    p.add_argument("--batch-size", type=_positive, default=500)
-    p.add_argument("--json", dest="json_out", help="write {accuracy, n, loss, ...} here")
+    p.add_argument("--batch-size", type=_positive, default=500, help="default 500")
+    p.add_argument("--json", dest="json_out", help="write the result here: accuracy, n, data and "
+                   "the model; also loss for --checkpoint, per-runtime accuracies, agreement and "
+                   "largest logit difference for --engine both")
 
 
 def _checkpoint_evaluator(a):
@@ -184,6 +211,11 @@ def _model_file_evaluator(a):
 
 def run_eval(a) -> int:
     from . import data as xdata
+    if a.checkpoint and (a.engine or a.threads):
+        raise ValueError("--engine and --threads are for --model-file; a --checkpoint is "
+                         "evaluated with PyTorch (export it to run the native engine)")
+    a.engine = a.engine or "native"
+    check_output_paths(json=a.json_out)
     if not a.checkpoint and not a.model_file:
         from .assets import shipped_model
         a.model_file = str(shipped_model())
@@ -217,6 +249,7 @@ def add_export(sub):
 
 def run_export(a) -> int:
     from .export import export_model
+    check_output_paths(out=a.out, onnx=a.onnx)
     info = export_model(a.checkpoint, a.out)
     print(f"wrote {info['path']}: {info['bytes']:,} bytes, {info['ops']} ops; FP32 weights "
           f"{info['fp32_weight_bytes']:,} bytes -> {info['ratio']:.1f}x smaller")
@@ -243,35 +276,53 @@ def add_bench(sub):
     p.add_argument("--model-file", help="packed BNN model file (.xnor); default: the shipped model")
     p.add_argument("--teacher", help="FP32 teacher checkpoint (model.safetensors) for the FP32 rows "
                    "(default: the teacher shipped in the package)")
-    p.add_argument("--data-dir")
+    p.add_argument("--data-dir", help=DATA_DIR_HELP)
     p.add_argument("--quick", action="store_true", help="1,000 test images, fewer repeats (~1-2 min)")
     p.add_argument("--rounds", type=_positive, default=None,
                    help="time every engine this many times, alternating the order, and report "
                    "medians (default: 3, or 1 with --quick); accuracy is measured once")
     p.add_argument("--engines", default=",".join(ENGINE_NAMES),
                    help=f"comma-separated subset of {','.join(ENGINE_NAMES)}")
-    p.add_argument("--threads", type=_ints, default=None,
-                   help="thread counts to measure (default: 1 and all cores)")
+    p.add_argument("--threads", type=_thread_counts, default=None,
+                   help="comma-separated thread counts to measure (default: 1 and all cores)")
     p.add_argument("--json", dest="json_out", help="write every number and the machine here")
     p.add_argument("--plot", help="write a bar chart (PNG) here")
     bsub = p.add_subparsers(dest="bench")
     k = bsub.add_parser("kernels", help="each binary conv layer: engine vs PyTorch FP32 conv, "
-                        "binary GMAC/s, share of the measured XOR-popcount peak")
+                        "binary GMAC/s, share of the measured XOR-popcount peak",
+                        description="Time each binary conv layer of a model inside the whole-network "
+                        "run, against a PyTorch FP32 conv of the same shape in the same process; "
+                        "report binary GMAC/s and the share of this CPU's peak, measured with a "
+                        "register-only loop. Options of `xnornet bench` itself (before `kernels`) "
+                        "do not apply here.")
     # dests differ from the parent's: argparse would let these defaults overwrite its values
-    k.add_argument("--model-file", dest="k_model_file", help="packed model file (.xnor); default: "
+    k.add_argument("--model-file", dest="k_model_file", metavar="MODEL_FILE", help="packed model file (.xnor); default: "
                    "the shipped model (timings do not depend on the weights)")
-    k.add_argument("--batch", type=_positive, default=128)
-    k.add_argument("--threads", dest="k_threads", type=_positive, default=1)
-    k.add_argument("--repeats", type=_positive, default=5)
+    k.add_argument("--batch", type=_positive, default=128, help="images per run (default 128)")
+    k.add_argument("--threads", dest="k_threads", metavar="THREADS", type=_positive, default=1,
+                   help="engine and PyTorch threads (default 1: the per-layer targets are per core)")
+    k.add_argument("--repeats", type=_positive, default=5,
+                   help="timed runs per layer; the median is reported (default 5)")
     k.add_argument("--isa", choices=["amx+avx512", "amx", "avx512", "avx2", "generic"], default=None,
                    help="force a kernel implementation (default: $XNORNET_ISA, else the first "
                    "supported of amx+avx512, avx512, avx2, generic; amx only on request)")
-    k.add_argument("--json", dest="k_json_out", help="write every number here")
+    k.add_argument("--json", dest="k_json_out", metavar="JSON_OUT", help="write every number here")
 
 
 def _run_bench_kernels(a) -> int:
     import tempfile
 
+    # argparse keeps options given before `kernels` for `bench` itself: refuse them, not ignore.
+    given = [flag for flag, value in (("--model-file", a.model_file), ("--teacher", a.teacher),
+                                      ("--data-dir", a.data_dir), ("--quick", a.quick),
+                                      ("--rounds", a.rounds), ("--threads", a.threads),
+                                      ("--json", a.json_out), ("--plot", a.plot),
+                                      ("--engines", a.engines != ",".join(ENGINE_NAMES)))
+             if value]
+    if given:
+        raise ValueError(f"{', '.join(given)} before `kernels` belong to the end-to-end bench; "
+                         "put options after `kernels` (see xnornet bench kernels --help)")
+    check_output_paths(json=a.k_json_out)
     from .bench import bench_kernels, format_kernels, random_model_file
     with tempfile.TemporaryDirectory() as tmp:
         from .assets import SHIPPED_MODEL
@@ -293,10 +344,13 @@ def _if_file(path: Path) -> str | None:
 def run_bench(a) -> int:
     if a.bench == "kernels":
         return _run_bench_kernels(a)
+    from . import modelfile as mf
     from .e2e_bench import format_table, plot, run_bench as e2e
+    check_output_paths(json=a.json_out, plot=a.plot)
     if not a.model_file:
         from .assets import shipped_model
         a.model_file = str(shipped_model())
+    mf.read_model(a.model_file)  # a bad file fails now, not in every engine's subprocess
     engines = [e for e in a.engines.split(",") if e]
     unknown = sorted(set(engines) - set(ENGINE_NAMES))
     if unknown:
@@ -311,6 +365,10 @@ def run_bench(a) -> int:
         Path(a.json_out).write_text(json.dumps(report, indent=2) + "\n")
     if a.plot:
         plot(report, a.plot)
+    if report.get("failures"):
+        print(f"xnornet bench: error: {len(report['failures'])} engine run(s) failed (above)",
+              file=sys.stderr)
+        return 1
     return 0
 
 
@@ -331,6 +389,7 @@ def run_predict(a) -> int:
     from . import modelfile as mf
     from .assets import shipped_model
     from .engine import Engine
+    check_output_paths(json=a.json_out)
     model_file = a.model_file or shipped_model()
     engine = Engine.load(model_file)
     first = mf.read_model(model_file)[0]
@@ -397,8 +456,12 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return COMMANDS[args.command](args)
-    except (XnornetError, ValueError, FileNotFoundError) as e:
+    except (XnornetError, ValueError, OSError) as e:  # OSError: missing, unreadable, full disk
         print(f"xnornet {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except ImportError as e:
+        print(f"xnornet {args.command}: error: {e}. This command needs an optional package: "
+              "pip install 'xnornet[train,bench]'", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

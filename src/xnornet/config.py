@@ -22,8 +22,9 @@ class TrunkConfig:
         if kind not in MODEL_KINDS:
             raise ValueError(f"unknown model {self.kind!r}; choose one of "
                              f"{sorted(MODEL_KINDS + tuple(ALIASES))}")
-        if len(self.widths) != len(self.depths) or min(self.depths) < 1:
-            raise ValueError(f"widths {self.widths} and depths {self.depths} must pair up, depths >= 1")
+        if len(self.widths) != len(self.depths) or min(self.depths) < 1 or min(self.widths) < 1:
+            raise ValueError(f"widths {self.widths} and depths {self.depths} must pair up, "
+                             "all >= 1")
         if kind == "fp32" and not self.binary_weights:
             raise ValueError("fp32 has no binary weights to make real-valued")
         object.__setattr__(self, "kind", kind)

@@ -93,10 +93,14 @@ def load_cifar10(data_dir=None, *, download: bool = True, progress: bool = True,
     test_only: leave the training split empty (evaluation and benchmarks need only the test set;
     a first run on an image folder then decodes 10,000 images instead of 60,000)."""
     root = resolve_data_dir(data_dir)
+    if root.exists() and not root.is_dir():
+        raise DataError(f"{root} is a file, not a folder. {_HOW_TO_PROVIDE}")
     found = detect_layout(root)
     if found is None:
         if not download:
             raise DataError(f"no CIFAR-10 found in {root}. {_HOW_TO_PROVIDE}")
+        if data_dir is not None or os.environ.get("XNORNET_DATA"):
+            _check_chosen_download_folder(root)
         download_cifar10(root, progress=progress)
         found = detect_layout(root)
         assert found is not None, "download_cifar10 extracts cifar-10-batches-py"
@@ -107,6 +111,18 @@ def load_cifar10(data_dir=None, *, download: bool = True, progress: bool = True,
     else:
         train, test, classes = load_image_folder(where, progress=progress, test_only=test_only)
     return Dataset(train, test, classes, f"{where} ({layout})")
+
+
+def _check_chosen_download_folder(root: Path) -> None:
+    """A folder the user named gets a 170 MB download only if it exists and is empty: a typo in
+    --data-dir, or a folder of something else, must be an error, not a download."""
+    if not root.exists():
+        raise DataError(f"{root} does not exist. To download CIFAR-10 into it, create it first; "
+                        "without --data-dir and $XNORNET_DATA it is downloaded into the cache "
+                        f"({cache_dir() / 'data'}). {_HOW_TO_PROVIDE}")
+    if any(root.iterdir()):
+        raise DataError(f"no CIFAR-10 found in {root}, and the folder is not empty, so nothing "
+                        f"was downloaded into it. {_HOW_TO_PROVIDE}")
 
 
 _HOW_TO_PROVIDE = (

@@ -181,7 +181,7 @@ def run_bench(model_file, fp32_file, data_dir=None, quick=False, threads_list=(1
     n = 1000 if quick else len(ds.test)
     threads_list = [t or os.cpu_count() for t in threads_list]
     threads_list = sorted(set(threads_list), key=threads_list.index)
-    notes, results = [], []
+    notes, failures, results = [], [], []  # notes: engines skipped; failures: runs that broke
     jobs = []
     for engine in engines:
         if not _available(engine):
@@ -214,8 +214,8 @@ def run_bench(model_file, fp32_file, data_dir=None, quick=False, threads_list=(1
             proc = subprocess.run([sys.executable, "-m", "xnornet.e2e_bench", json.dumps(args)],
                                   capture_output=True, text=True)
             if proc.returncode != 0:
-                notes.append(f"{engine} ({threads} threads), round {r + 1}: failed: "
-                             f"{proc.stderr.strip().splitlines()[-1:]}")
+                last = (proc.stderr.strip().splitlines() or [f"exit status {proc.returncode}"])[-1]
+                failures.append(f"{engine} ({threads} threads), round {r + 1}: {last}")
                 continue
             row = json.loads(proc.stdout.strip().splitlines()[-1])
             if r == 0:
@@ -234,7 +234,7 @@ def run_bench(model_file, fp32_file, data_dir=None, quick=False, threads_list=(1
         del r["predictions"]
     return {"machine": machine_info(), "model_file": str(model_file), "fp32_model": str(fp32_file),
             "data": f"{ds.source}, first {n} test images", "rounds": max(1, rounds),
-            "results": results, "notes": notes,
+            "results": results, "notes": notes, "failures": failures,
             "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
 
 
@@ -254,6 +254,7 @@ def format_table(report: dict) -> str:
                      f"| {'-' if agree is None else f'{100 * agree:.2f}%'} | {r['latency_ms']:.2f} "
                      f"| {r['images_per_s']:.0f} | {speed} | {r['peak_rss_mb']:.0f} |")
     lines += [f"note: {n}" for n in report["notes"]]
+    lines += [f"failed: {f}" for f in report.get("failures", [])]
     return "\n".join(lines)
 
 

@@ -60,7 +60,8 @@ class Engine:
         (ValueError if the CPU lacks it)."""
         path = Path(path)
         if not path.is_file():
-            raise ModelFileError(f"model file {path} does not exist")
+            raise ModelFileError(f"model file {path} " + ("is a folder, not a file" if path.is_dir()
+                                                          else "does not exist"))
         return cls.from_bytes(path.read_bytes(), threads, isa, str(path))
 
     @classmethod

@@ -1,4 +1,5 @@
-"""Checkpoint (safetensors) -> packed model file. numpy only: exporting needs no torch.
+"""Checkpoint (safetensors) -> packed model file. numpy and safetensors only: exporting needs no
+torch.
 
 Batch norms are folded into per-channel affines: BN(v) = v*s + b with s = gamma/sqrt(var+eps),
 b = beta - mean*s. Where they sit decides where they go:
@@ -22,12 +23,23 @@ from .errors import CheckpointError
 BN_EPS = 1e-5  # torch.nn.BatchNorm2d's default, which every model here uses
 
 
+def check_checkpoint_path(path: Path) -> None:
+    """Clear errors for the usual wrong paths: missing, a folder, a packed model file."""
+    if path.is_dir():
+        raise CheckpointError(f"checkpoint {path} is a folder, not a file")
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    with open(path, "rb") as f:
+        if f.read(len(mf.MAGIC)) == mf.MAGIC:
+            raise CheckpointError(f"{path} is a packed model file (.xnor), not a training "
+                                  "checkpoint; pass it with --model-file")
+
+
 def read_checkpoint_np(path) -> tuple[dict[str, np.ndarray], dict]:
     """Weights (the model.* tensors) and metadata of a checkpoint, without torch."""
     from safetensors import SafetensorError, safe_open
     path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint {path} does not exist")
+    check_checkpoint_path(path)
     try:
         with safe_open(str(path), "np") as f:
             meta = json.loads((f.metadata() or {})["xnornet"])

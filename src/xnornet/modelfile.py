@@ -108,9 +108,17 @@ def write_model(path, ops: list[Op]) -> int:
     """Write ops to path atomically; returns the file size in bytes."""
     data = to_bytes(ops)
     path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"cannot write the model file: {path} is a folder")
+    if not path.parent.is_dir():
+        raise FileNotFoundError(f"cannot write {path}: folder {path.parent} does not exist")
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data)
-    tmp.replace(path)
+    try:
+        tmp.write_bytes(data)
+        tmp.replace(path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # never leave a half-written file behind
+        raise
     return len(data)
 
 
@@ -158,6 +166,8 @@ def from_bytes(data: bytes, source: str = "model") -> list[Op]:
 
 def read_model(path) -> list[Op]:
     path = Path(path)
+    if path.is_dir():
+        raise ModelFileError(f"model file {path} is a folder, not a file")
     if not path.is_file():
         raise ModelFileError(f"model file {path} does not exist")
     return from_bytes(path.read_bytes(), str(path))

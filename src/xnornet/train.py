@@ -24,6 +24,7 @@ import torch.nn.functional as F
 
 from . import data as xdata
 from .checkpoint import load_model, read_checkpoint, save_checkpoint
+from .export import check_checkpoint_path
 from .layers import QuantConv2d, clip_latent_weights
 from .config import ALIASES, TrunkConfig
 from .models import build_model
@@ -68,6 +69,8 @@ class TrainConfig:
             self.lr = 2e-3 if self.optimizer == "adam" else 0.1
         if self.kd and not self.teacher_path:
             raise ValueError("--kd needs --teacher-path (a checkpoint of the fp32 teacher)")
+        if self.teacher_path and not self.kd:
+            raise ValueError("--teacher-path is used only with --kd; add --kd to distil from it")
         if not 0.0 <= self.kd_alpha <= 1.0 or self.kd_temperature <= 0:
             raise ValueError("--kd-alpha must be in [0, 1] and --kd-temperature > 0")
         if self.epochs < 1 or self.batch_size < 1:
@@ -223,6 +226,16 @@ def write_metrics(out: Path, history: list[dict]) -> None:
 
 # ---------------------------------------------------------------- the loop
 
+def _check_before_data(cfg: TrainConfig) -> None:
+    """Mistakes in the model shape or the input checkpoints fail at once, not after a first run
+    has decoded 60,000 images."""
+    TrunkConfig(kind=cfg.model, widths=cfg.widths, depths=cfg.depths,
+                binary_weights=not cfg.real_weights)
+    for path in (cfg.teacher_path, cfg.init_from):
+        if path:
+            check_checkpoint_path(Path(path))
+
+
 def train(cfg: TrainConfig) -> dict:
     rank, world, device = setup_distributed()
     main = rank == 0
@@ -230,6 +243,7 @@ def train(cfg: TrainConfig) -> dict:
     ckpt_path = out / "checkpoint.safetensors"
     torch.manual_seed(cfg.seed)
 
+    _check_before_data(cfg)
     if world > 1 and not main:
         dist.barrier()  # rank 0 downloads/decodes first; the others then read its files
     ds = xdata.load_cifar10(cfg.data_dir, progress=cfg.progress and main)

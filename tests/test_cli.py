@@ -1,0 +1,123 @@
+"""The CLI's answers to the mistakes a new user makes first: each is a one-line error (exit 2)
+that names the problem, found before any long work, and nothing half-written is left behind."""
+import pytest
+
+from test_export import _checkpoint
+from xnornet import cli
+from xnornet import e2e_bench
+from xnornet import modelfile as mf
+from xnornet.assets import shipped_model
+from xnornet.errors import CheckpointError
+from xnornet.modelfile import ModelFileError
+from xnornet.export import export_model
+from xnornet.train import TrainConfig, train
+
+
+def _error(capsys, argv) -> str:
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"xnornet {argv[0]}: error: ") and "Traceback" not in err
+    return err
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory):
+    path, _ = _checkpoint("bireal", tmp_path_factory.mktemp("cli"), widths=(64,), depths=(1,))
+    return path
+
+
+def test_output_paths_are_checked_before_the_work(tmp_path, capsys, monkeypatch):
+    # A data folder that does not exist: had the work started first, the error would be about it.
+    monkeypatch.setenv("XNORNET_DATA", str(tmp_path / "no-data-here"))
+    missing = tmp_path / "no-such-folder" / "out.json"
+    assert "--json" in _error(capsys, ["eval", "--json", str(missing)])
+    assert "is a folder" in _error(capsys, ["eval", "--json", str(tmp_path)])
+    assert "--plot" in _error(capsys, ["bench", "--plot", str(missing)])
+    assert "does not exist" in _error(capsys, ["bench", "kernels", "--json", str(missing)])
+    assert "--json" in _error(capsys, ["predict", "x.png", "--json", str(missing)])
+
+
+def test_export_into_a_folder_or_missing_folder(ckpt, tmp_path, capsys):
+    assert "is a folder" in _error(capsys, ["export", "--checkpoint", str(ckpt), "--out", str(tmp_path)])
+    bad = tmp_path / "nodir" / "m.xnor"
+    assert "nodir" in _error(capsys, ["export", "--checkpoint", str(ckpt), "--out", str(bad)])
+    assert sorted(p.name for p in tmp_path.iterdir()) == []  # no .tmp left anywhere
+
+
+def test_write_model_leaves_no_temporary_file_when_writing_fails(ckpt, tmp_path, monkeypatch):
+    export_model(ckpt, tmp_path / "good.xnor")
+    ops = mf.read_model(tmp_path / "good.xnor")
+
+    def fail(self, target):
+        raise OSError(28, "No space left on device")
+    monkeypatch.setattr(mf.Path, "replace", fail)
+    with pytest.raises(OSError, match="No space"):
+        mf.write_model(tmp_path / "m.xnor", ops)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["good.xnor"]
+
+
+def test_wrong_kind_of_file(ckpt, tmp_path, capsys):
+    model = tmp_path / "m.xnor"
+    export_model(ckpt, model)
+    err = _error(capsys, ["eval", "--checkpoint", str(model)])
+    assert "packed model file" in err and "--model-file" in err
+    with pytest.raises(CheckpointError, match="packed model file"):
+        export_model(model, tmp_path / "again.xnor")
+    assert "is a folder, not a file" in _error(capsys, ["eval", "--model-file", str(tmp_path)])
+    with pytest.raises(ModelFileError, match="is a folder"):
+        mf.read_model(tmp_path)
+    assert "is a folder" in _error(capsys, ["export", "--checkpoint", str(tmp_path),
+                                            "--out", str(tmp_path / "x.xnor")])
+
+
+def test_options_that_would_be_ignored_are_refused(ckpt, capsys):
+    err = _error(capsys, ["eval", "--checkpoint", str(ckpt), "--engine", "both"])
+    assert "--engine and --threads are for --model-file" in err
+    _error(capsys, ["eval", "--checkpoint", str(ckpt), "--threads", "1"])
+    err = _error(capsys, ["bench", "--model-file", "my.xnor", "--json", "k.json", "kernels"])
+    assert "--model-file, --json before `kernels`" in err
+    with pytest.raises(ValueError, match="only with --kd"):
+        TrainConfig(teacher_path="teacher.safetensors")
+    with pytest.raises(SystemExit):  # argparse: thread counts must be >= 1
+        cli.build_parser().parse_args(["bench", "--threads", "1,0"])
+    capsys.readouterr()
+
+
+def test_bench_checks_the_model_file_first_and_fails_when_an_engine_fails(tmp_path, capsys,
+                                                                          monkeypatch):
+    called = []
+    monkeypatch.setattr(e2e_bench, "run_bench", lambda *a, **k: called.append(1) or {})
+    bad = tmp_path / "typo.xnor"
+    assert "does not exist" in _error(capsys, ["bench", "--model-file", str(bad)])
+    bad.write_bytes(b"not a model")
+    assert "invalid model file" in _error(capsys, ["bench", "--model-file", str(bad)])
+    assert called == []  # refused before the data set, the teacher export, the subprocesses
+
+    report = {"machine": {"cpu": "test", "cores": 2}, "data": "d", "results": [], "notes": [],
+              "failures": ["xnornet (1 threads), round 1: RuntimeError: boom"]}
+    monkeypatch.setattr(e2e_bench, "run_bench", lambda *a, **k: report)
+    assert cli.main(["bench", "--model-file", str(shipped_model())]) == 1
+    out = capsys.readouterr()
+    assert "failed: xnornet (1 threads), round 1: RuntimeError: boom" in out.out
+    assert "1 engine run(s) failed" in out.err
+
+
+def test_bad_shapes_and_missing_packages_are_one_line_errors(capsys, monkeypatch):
+    assert "widths" in _error(capsys, ["summary", "--widths", "0,0,0"])
+
+    def needs_onnx(a):
+        raise ModuleNotFoundError("No module named 'onnx'")
+    monkeypatch.setitem(cli.COMMANDS, "summary", needs_onnx)
+    err = _error(capsys, ["summary"])
+    assert "No module named 'onnx'" in err and "pip install" in err
+
+
+def test_train_checks_its_inputs_before_loading_data(tmp_path):
+    no_data = str(tmp_path / "no-data")  # loading it would fail with a DataError
+    base = dict(data_dir=no_data, out=str(tmp_path / "run"), epochs=1)
+    with pytest.raises(CheckpointError, match="teacher.safetensors does not exist"):
+        train(TrainConfig(kd=True, teacher_path=str(tmp_path / "teacher.safetensors"), **base))
+    with pytest.raises(CheckpointError, match="is a folder"):
+        train(TrainConfig(init_from=str(tmp_path), **base))
+    with pytest.raises(ValueError, match="must pair up"):
+        train(TrainConfig(widths=(64, 128), depths=(1,), **base))
