@@ -152,6 +152,27 @@ def test_bconv_floats_are_bitwise_pytorchs(isa, batch, threads, cin, cout, strid
 
 
 @pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("batch,threads", [(1, 2), (3, 2), (2, 1)])
+@pytest.mark.parametrize("first_residual,relu", [
+    (mf.RES_IDENTITY, False), (mf.RES_NONE, True), (mf.RES_DOWNSAMPLE, False)])
+def test_downsampling_chains_are_bitwise_in_both_run_modes(isa, batch, threads, first_residual, relu):
+    """Image-major runs (batch >= threads: one thread per image, rows in order) and row-major
+    runs (batch 1 on 2 threads: rows split between threads) must both give PyTorch's float32 bit
+    for bit through pooled shortcuts: after a first layer of each kind, two downsampling layers
+    in a row (the pooled shortcut reads the float map of a layer whose rows other threads wrote).
+    Also the test that any future fusion of the pooling into the previous layer must pass."""
+    cin, stride = (32, 2) if first_residual == mf.RES_DOWNSAMPLE else (64, 1)
+    ops = [bconv_op(cin, 64, stride, first_residual, relu),
+           bconv_op(64, 128, 2, mf.RES_DOWNSAMPLE), bconv_op(128, 256, 2, mf.RES_DOWNSAMPLE, relu)]
+    x = RNG.normal(0, 1, (batch, cin, 8 * stride, 16)).astype(np.float32)
+    want = x
+    for op in ops:
+        want = float32_bconv(op, want)
+    got = Engine.from_bytes(mf.to_bytes(ops), threads=threads, isa=isa).run(x)
+    np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("isa", ISAS)
 @pytest.mark.parametrize("batch,threads", [(1, 2), (3, 2)])
 def test_chain_of_in_place_and_bits_only_layers(isa, batch, threads):
     """Identity layers back to back (each writes over its input), one whose output only feeds a
