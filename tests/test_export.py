@@ -80,8 +80,10 @@ def test_cli_export_eval_and_bench(tmp_path, capsys):
     assert both["top1_agreement"] == 1.0 and both["max_abs_logit_diff"] < 1e-3
     assert both["accuracy_native"] == results["native"]["accuracy"]
     js = tmp_path / "bench.json"
+    png = tmp_path / "kernels.png"
     assert cli.main(["bench", "kernels", "--model-file", str(out), "--batch", "2", "--repeats", "1",
-                     "--json", str(js)]) == 0
+                     "--json", str(js), "--plot", str(png)]) == 0
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     bench = json.loads(js.read_text())
     assert [r["cin"] for r in bench["layers"]] == [64, 64]  # the two binary convs
     assert all(r["engine_ms"] > 0 and r["torch_fp32_ms"] > 0 for r in bench["layers"])

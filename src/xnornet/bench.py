@@ -161,3 +161,35 @@ def format_kernels(result: dict) -> str:
     lines.append(f"\nwhole network per batch: engine {e:.1f} ms, PyTorch FP32 network of the same "
                  f"shape {t:.1f} ms -> {t / e:.1f}x")
     return "\n".join(lines)
+
+
+def plot_kernels(result: dict, path, targets=(15.0, 0.5)) -> None:
+    """Two bar charts per binary conv layer: speed-up over the PyTorch FP32 conv and share of the
+    XOR-popcount peak, each with the issue's target as a dashed line."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    rows = result["layers"]
+    labels = [f"op {r['op']}\n{r['cin']}->{r['cout']}" + (f"\ns{r['stride']}" if r["stride"] > 1 else "")
+              for r in rows]
+    xs = np.arange(len(rows))
+    fig, (ax_speed, ax_peak) = plt.subplots(1, 2, figsize=(12, 4.5))
+    ax_speed.bar(xs, [r["speedup"] for r in rows], color="tab:blue")
+    ax_speed.axhline(targets[0], color="tab:red", ls="--", label=f"target {targets[0]:.0f}x")
+    ax_speed.set(ylabel="x PyTorch FP32 conv", title="speed-up over PyTorch FP32, same shape")
+    ax_peak.bar(xs, [100 * r["xor_peak_fraction"] for r in rows], color="tab:green")
+    ax_peak.axhline(100 * targets[1], color="tab:red", ls="--", label=f"target {100 * targets[1]:.0f}%")
+    ax_peak.set(ylabel="% of peak", title=f"share of the XOR-popcount peak "
+                f"({result['xor_peak_binary_gmacs']:.0f} binary GMAC/s)")
+    for ax in (ax_speed, ax_peak):
+        ax.set_xticks(xs)
+        ax.set_xticklabels(labels, fontsize=8)
+        ax.grid(axis="y", alpha=0.3)
+        ax.legend()
+    m = result["machine"]
+    fig.suptitle(f"binary conv layers, batch {result['batch']}, {m['threads']} thread(s), "
+                 f"{m['isa']}, {m['cpu']}: whole network "
+                 f"{result['torch_fp32_total_ms'] / result['engine_total_ms']:.1f}x PyTorch FP32")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

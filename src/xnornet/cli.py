@@ -307,6 +307,8 @@ def add_bench(sub):
                    help="force a kernel implementation (default: $XNORNET_ISA, else the first "
                    "supported of amx+avx512, avx512, avx2, generic; amx only on request)")
     k.add_argument("--json", dest="k_json_out", metavar="JSON_OUT", help="write every number here")
+    k.add_argument("--plot", dest="k_plot", metavar="PNG", help="write a per-layer chart here: "
+                   "speed-up and share of the XOR-popcount peak, with the targets")
 
 
 def _run_bench_kernels(a) -> int:
@@ -322,8 +324,8 @@ def _run_bench_kernels(a) -> int:
     if given:
         raise ValueError(f"{', '.join(given)} before `kernels` belong to the end-to-end bench; "
                          "put options after `kernels` (see xnornet bench kernels --help)")
-    check_output_paths(json=a.k_json_out)
-    from .bench import bench_kernels, format_kernels, random_model_file
+    check_output_paths(json=a.k_json_out, plot=a.k_plot)
+    from .bench import bench_kernels, format_kernels, plot_kernels, random_model_file
     with tempfile.TemporaryDirectory() as tmp:
         from .assets import SHIPPED_MODEL
         model_file = a.k_model_file or _if_file(SHIPPED_MODEL)
@@ -333,6 +335,8 @@ def _run_bench_kernels(a) -> int:
     print(format_kernels(result))
     if a.k_json_out:
         Path(a.k_json_out).write_text(json.dumps(result, indent=2) + "\n")
+    if a.k_plot:
+        plot_kernels(result, a.k_plot)
     return 0
 
 
