@@ -6,6 +6,7 @@ CRC-32 recomputed so that the parser's structural checks, not the checksum, have
 """
 from __future__ import annotations
 
+import re
 import struct
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -210,7 +211,69 @@ def test_op_tensor_range_out_of_bounds(first, count):
 def test_op_with_wrong_tensors(first, count):
     """In range, but the wrong number or the wrong tensors for a CONV_FP op."""
     msg = expect_bad(mf.patch(GOOD, mf.op_at(1) + 48, "<II", first, count))
-    assert "op 1: expected 3 tensors" in msg or "conv weight: expected" in msg, msg
+    assert ("op 1: expected 3 tensors" in msg or "conv weight: expected" in msg
+            or "already belongs to another op" in msg), msg
+
+
+def _both_refuse(data, *patterns):
+    """The engine and the Python reader refuse the file, each naming the problem (regexes)."""
+    for read in (load, modelfile.from_bytes):
+        with pytest.raises(ModelFileError) as info:
+            read(data)
+        for pattern in patterns:
+            assert re.search(pattern, str(info.value)), (read, pattern, str(info.value))
+
+
+def test_ops_may_not_share_tensors():
+    """Shared ranges would let a small file make the engine prepare the same large weights
+    thousands of times over (a memory bomb); each tensor belongs to one op."""
+    second_bconv = mf.first_tensor(OPS, 3)
+    data = mf.patch(GOOD, mf.op_at(3) + 48, "<II", mf.first_tensor(OPS, 2), 5)  # op 2's tensors
+    _both_refuse(data, "op 3", "already belongs to another op")
+    assert second_bconv != mf.first_tensor(OPS, 2)
+
+
+def test_tensor_data_may_not_overlap():
+    weight_at = struct.unpack_from("<Q", GOOD, mf.tensor_at(GOOD, T_CONV_W) + 24)[0]
+    data = mf.patch(GOOD, mf.tensor_at(GOOD, T_CONV_SCALE) + 24, "<Q", weight_at)
+    _both_refuse(data, "tensor [23]: data overlaps tensor [23]'s")  # same start: either order
+
+
+@pytest.mark.parametrize("op,tensor,value", [(1, 0, np.nan), (2, 3, np.inf), (0, 1, np.inf),
+                                             (4, 2, -np.inf), (0, 0, np.nan)])
+def test_non_finite_floats_are_refused(op, tensor, value):
+    ops = mf.small_ops()
+    ops[op].tensors[tensor] = ops[op].tensors[tensor].copy()
+    ops[op].tensors[tensor].flat[0] = value
+    _both_refuse(to_bytes(ops), f"op {op}", "NaN or Inf")
+
+
+@pytest.mark.parametrize("raw", [b"\xc0\x80", b"\xc1\xbf", b"\xe0\x80\x80", b"\xed\xa0\x80",
+                                 b"\xf0\x80\x80\x80", b"\xf4\x90\x80\x80", b"\xf5\x80\x80\x80",
+                                 b"\x80", b"\xe2\x82", b"\xff"])
+def test_class_names_must_be_strict_utf8(raw):
+    """What Python's strict decoder refuses (overlong forms, surrogates, past U+10FFFF, stray
+    or truncated bytes), the engine refuses too: else engine.class_names would raise later."""
+    with pytest.raises(UnicodeDecodeError):
+        raw.decode()
+    expect_bad(_names_model(raw + b"\nb", 2), "class names")
+
+
+def test_class_names_in_every_utf8_length_load():
+    names = ["a", "\u00e9t\u00e9", "\u20ac", "\U0001f600", "\ud7ff", "\U0010ffff"]
+    e = load(_names_model("\n".join(names).encode(), len(names)))
+    assert e.class_names == names
+
+
+def test_inputs_too_large_for_int_indexing_are_refused():
+    """The kernels index one image's maps with int: sizes where that could wrap are a clear
+    ValueError before any buffer is sized, never an overrun."""
+    e = load(GOOD)
+    with pytest.raises(ValueError, match="too large"):
+        e._native.output_shape(1, 40000, 40000)  # 64 channels x 1.6e9 pixels
+    with pytest.raises(ValueError, match="too large"):
+        e._native.output_shape(2**28, 8, 8)  # rows of the batch: n * (h + 2 pad)
+    assert list(e._native.output_shape(3, 8, 8)) == [3, 10]
 
 
 @pytest.mark.parametrize("t,field,value,words", [
@@ -218,9 +281,9 @@ def test_op_with_wrong_tensors(first, count):
     (T_CONV_SCALE, 2, 32, "conv scale"),            # dims [64] -> [32]
     (T_CONV_SCALE, 1, 0, "conv scale"),             # ndim 1 -> 0 (a scalar)
     (T_CONV_W, 2, 63, "conv weight"),               # cout dim
-    (T_CONV_W, 5, 4, "conv weight"),                # cin dim 3 -> 4
+    (T_CONV_W, 5, 4, "tensor 2: data overlaps"),    # cin dim 3 -> 4: runs into the next tensor
     (T_BCONV_W, 0, 1, "packed weight"),             # u64 -> f32
-    (T_BCONV_W, 5, 2, "packed weight"),             # words 1 -> 2
+    (T_BCONV_W, 5, 2, "tensor 7: data overlaps"),  # words 1 -> 2: runs into the next tensor
     (T_MEAN, 2, 2, "input mean"),
     (T_STD, 0, 3, "input std"),
 ])
@@ -420,8 +483,8 @@ def test_missing_file_names_the_path(tmp_path):
     path = tmp_path / "no-such-model.xnor"
     with pytest.raises(ModelFileError, match="no-such-model.xnor"):
         Engine.load(path)
-    with pytest.raises(ModelFileError, match="does not exist"):
-        Engine.load(tmp_path)  # a directory is not a model file
+    with pytest.raises(ModelFileError, match="is a folder, not a file"):
+        Engine.load(tmp_path)
 
 
 def test_load_from_disk_good_and_bad(tmp_path):

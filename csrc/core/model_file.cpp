@@ -1,6 +1,8 @@
 #include "core/model_file.h"
 
+#include <algorithm>
 #include <array>
+#include <cmath>
 #include <cstring>
 #include <fstream>
 #include <limits>
@@ -72,17 +74,44 @@ void expect_tensor(const Op& op, size_t i, DType dtype, std::vector<uint32_t> di
              describe(t.dtype, t.dims) + (t.dtype != dtype ? " (wrong dtype)" : " (wrong dims)"));
 }
 
-// Class names are UTF-8 text (the Python API hands them out as str).
+// Class names are UTF-8 text (the Python API hands them out as str): well-formed as Python's
+// strict decoder demands (RFC 3629: no overlong forms, no surrogates, nothing past U+10FFFF).
 bool valid_utf8(const uint8_t* p, size_t n) {
     for (size_t i = 0; i < n;) {
         const uint8_t c = p[i];
-        size_t len = c < 0x80 ? 1 : (c >> 5) == 0x6 ? 2 : (c >> 4) == 0xE ? 3 : (c >> 3) == 0x1E ? 4 : 0;
-        if (len == 0 || i + len > n) return false;
-        for (size_t j = 1; j < len; ++j)
+        if (c < 0x80) {
+            ++i;
+            continue;
+        }
+        size_t len;
+        uint8_t lo = 0x80, hi = 0xBF;  // the range the second byte may take
+        if (c >= 0xC2 && c <= 0xDF) {
+            len = 2;
+        } else if (c >= 0xE0 && c <= 0xEF) {
+            len = 3;
+            if (c == 0xE0) lo = 0xA0;  // else overlong
+            if (c == 0xED) hi = 0x9F;  // else a surrogate
+        } else if (c >= 0xF0 && c <= 0xF4) {
+            len = 4;
+            if (c == 0xF0) lo = 0x90;  // else overlong
+            if (c == 0xF4) hi = 0x8F;  // else past U+10FFFF
+        } else {
+            return false;  // a continuation byte, an overlong lead (C0, C1) or F5-FF
+        }
+        if (i + len > n || p[i + 1] < lo || p[i + 1] > hi) return false;
+        for (size_t j = 2; j < len; ++j)
             if ((p[i + j] & 0xC0) != 0x80) return false;
         i += len;
     }
     return true;
+}
+
+// NaN or Inf in weights, scales or normalization would turn every output into NaN: a corrupt file.
+void expect_finite(const Op& op, const std::string& name) {
+    for (const TensorView& t : op.tensors)
+        if (t.dtype == DType::F32)
+            for (size_t i = 0; i < t.count(); ++i)
+                if (!std::isfinite(t.f32()[i])) fail(name + ": NaN or Inf in a float tensor");
 }
 
 void check_conv_params(const Op& op, const char* name) {
@@ -260,6 +289,24 @@ Model parse_model(std::vector<uint8_t> bytes) {
             fail("tensor " + std::to_string(t) + ": data out of bounds or misaligned");
         v.data = b + offset;
     }
+    // Tensor data may not overlap either (each byte of data has one meaning).
+    std::vector<uint32_t> by_offset(n_tensors);
+    for (uint32_t t = 0; t < n_tensors; ++t) by_offset[t] = t;
+    std::sort(by_offset.begin(), by_offset.end(), [&](uint32_t x, uint32_t y) {
+        return tensors[x].data < tensors[y].data;
+    });
+    const uint8_t* end_of_previous = b;
+    uint32_t previous = 0;
+    for (uint32_t t : by_offset) {
+        const TensorView& v = tensors[t];
+        const size_t nbytes = v.count() * itemsize(v.dtype);
+        if (nbytes == 0) continue;
+        const uint8_t* start = static_cast<const uint8_t*>(v.data);
+        if (start < end_of_previous)
+            fail("tensor " + std::to_string(previous) + ": data overlaps tensor " + std::to_string(t) + "'s");
+        end_of_previous = start + nbytes, previous = t;
+    }
+    std::vector<bool> claimed(n_tensors, false);
     for (uint32_t i = 0; i < n_ops; ++i) {
         const uint8_t* e = b + ops_at + uint64_t(i) * kOpEntryBytes;
         Op op;
@@ -287,7 +334,15 @@ Model parse_model(std::vector<uint8_t> bytes) {
             op.relu = p[5] != 0;
             op.residual = static_cast<Residual>(p[6]);
         }
+        // Each tensor belongs to one op: shared ranges would let a small file make the engine
+        // prepare the same large weights over and over.
+        for (uint32_t t = first; t < first + count; ++t) {
+            if (claimed[t]) fail("op " + std::to_string(i) + ": tensor " + std::to_string(t) +
+                                 " already belongs to another op");
+            claimed[t] = true;
+        }
         validate_op(op, i);
+        expect_finite(op, "op " + std::to_string(i));
         m.ops.push_back(std::move(op));
     }
     validate_graph(m);

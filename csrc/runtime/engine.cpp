@@ -176,18 +176,34 @@ void check_dims(int n, int h, int w) {
     if (n < 1 || h < 1 || w < 1)
         throw std::invalid_argument("need at least one image of at least 1x1 pixels");
 }
+
+// Kernels index one image's maps (and the executor a batch's rows) with int: every such count
+// (per image; batch offsets are size_t) must stay far below 2^31, or the index arithmetic would wrap. Checked for every layer here,
+// before any buffer is sized, so an absurd input is a clear error and never an overrun.
+void check_fits_int(int64_t count, int h, int w) {
+    if (count > (int64_t(1) << 30))
+        throw std::invalid_argument("input of " + std::to_string(h) + "x" + std::to_string(w) +
+                                    " is too large for this model (split the batch or the image)");
+}
 }  // namespace
 
 std::vector<int64_t> Engine::output_shape(int n, int h, int w) const {
     check_dims(n, h, w);
+    const int h0 = h, w0 = w;
     int c = input_channels();
+    check_fits_int(int64_t(h) * w * c, h0, w0);
     for (const Op& op : model_.ops) {
         if (op.kind == OpKind::Head) return {n, op.cout};
         if (!is_compute(op)) continue;
+        // padded input (bits are 64 channels per word: at most 64x fewer than floats)
+        const int64_t wide = std::max({op.cin, op.cout, 64});
+        check_fits_int((int64_t(h) + 2 * op.pad) * (int64_t(w) + 2 * op.pad) * wide, h0, w0);
+        check_fits_int(int64_t(n) * (int64_t(h) + 2 * op.pad), h0, w0);
         h = out_size(h, op.k, op.stride, op.pad);
         w = out_size(w, op.k, op.stride, op.pad);
         c = op.cout;
         if (h < 1 || w < 1) throw std::invalid_argument("input is too small for this model");
+        check_fits_int(int64_t(h) * w * std::max(c, 64), h0, w0);
     }
     return {n, c, h, w};
 }
@@ -363,7 +379,7 @@ using WorkspaceGuard = std::unique_ptr<Engine::Workspace, std::function<void(Eng
 }
 
 void Engine::run_u8_nhwc(const uint8_t* x, int n, int h, int w, int c, float* out) {
-    check_dims(n, h, w);
+    output_shape(n, h, w);  // sizes checked
     if (!has_input_normalization())
         throw std::invalid_argument("this model has no input normalization: pass float32 NCHW");
     const Op& in = model_.ops.front();
@@ -381,7 +397,7 @@ void Engine::run_u8_nhwc(const uint8_t* x, int n, int h, int w, int c, float* ou
 }
 
 void Engine::run_f32_nchw(const float* x, int n, int c, int h, int w, float* out) {
-    check_dims(n, h, w);
+    output_shape(n, h, w);  // sizes checked
     if (c != input_channels())
         throw std::invalid_argument("expected " + std::to_string(input_channels()) + " channels");
     WorkspaceGuard ws(acquire(n, h, w), [this](Workspace* p) { release(p); });

@@ -140,7 +140,7 @@ def from_bytes(data: bytes, source: str = "model") -> list[Op]:
     tensors_at = HEADER_BYTES + OP_BYTES * n_ops
     if n_ops == 0 or tensors_at + TENSOR_BYTES * n_tensors > len(data):
         fail("op/tensor tables run past the end of the file")
-    tensors = []
+    tensors, spans = [], []
     for i in range(n_tensors):
         code, ndim, *dims, offset = _TENSOR.unpack_from(data, tensors_at + TENSOR_BYTES * i)
         if code not in _DTYPES or ndim > 4:
@@ -150,12 +150,27 @@ def from_bytes(data: bytes, source: str = "model") -> list[Op]:
         if offset % ALIGN or offset + nbytes > len(data):
             fail(f"tensor {i}: data out of bounds or misaligned")
         tensors.append(np.frombuffer(data, _DTYPES[code], math.prod(shape), offset).reshape(shape))
+        spans.append((offset, offset + nbytes, i))
+    # The engine's rules too (csrc/core/model_file.cpp): tensor data never overlaps, each tensor
+    # belongs to one op, float tensors hold no NaN or Inf.
+    end, previous = 0, 0
+    for start, stop, i in sorted(s for s in spans if s[1] > s[0]):
+        if start < end:
+            fail(f"tensor {previous}: data overlaps tensor {i}'s")
+        end, previous = stop, i
+    claimed = set()
     ops = []
     for i in range(n_ops):
         kind, n_params, *rest = _OP.unpack_from(data, HEADER_BYTES + OP_BYTES * i)
         params, first, count = rest[:10], rest[10], rest[11]
         if first + count > n_tensors:
             fail(f"op {i}: tensor range out of bounds")
+        shared = claimed.intersection(range(first, first + count))
+        if shared:
+            fail(f"op {i}: tensor {min(shared)} already belongs to another op")
+        claimed.update(range(first, first + count))
+        if any(t.dtype == np.float32 and not np.isfinite(t).all() for t in tensors[first:first + count]):
+            fail(f"op {i}: NaN or Inf in a float tensor")
         if n_params != _N_PARAMS.get(kind, n_params):
             fail(f"op {i}: expected {_N_PARAMS[kind]} params, got {n_params}")
         if kind not in _N_PARAMS:
