@@ -29,10 +29,10 @@ static void tile(const BConvRow& a, int ox0, int ob) {
 #pragma GCC unroll 8
     for (int r = 0; r < R; ++r) acc[r][0] = acc[r][1] = _mm256_setzero_si256();
     for (int ky = 0; ky < a.k; ++ky) {
-        const uint64_t* row = a.act + ((a.oy * a.stride + ky) * a.wp + ox0 * a.stride) * P;
+        const uint64_t* row = a.act + (size_t(a.oy * a.stride + ky) * a.wp + ox0 * a.stride) * P;
         for (int kx = 0; kx < a.k; ++kx) {
             const uint64_t* x = row + kx * P;
-            const uint64_t* wp = a.w + ((ob * kk + ky * a.k + kx) * P) * kLanes;
+            const uint64_t* wp = a.w + (size_t(ob * kk + ky * a.k + kx) * P) * kLanes;
 #pragma GCC unroll 4
             for (int p = 0; p < P; ++p) {
                 const __m256i w0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wp + p * kLanes));
@@ -48,7 +48,7 @@ static void tile(const BConvRow& a, int ox0, int ob) {
     }
 #pragma GCC unroll 8
     for (int r = 0; r < R; ++r) {
-        int32_t* out = a.pop + ((ox0 + r) * a.cout_blocks + ob) * kLanes;
+        int32_t* out = a.pop + (size_t(ox0 + r) * a.cout_blocks + ob) * kLanes;
         // 64-bit lane sums fit in 32 bits: pick the low halves of both vectors.
         const __m256i idx = _mm256_setr_epi32(0, 2, 4, 6, 0, 2, 4, 6);
         const __m128i lo = _mm256_castsi256_si128(_mm256_permutevar8x32_epi32(acc[r][0], idx));

@@ -26,7 +26,7 @@ static void tile(const BConvRow& a, int ox0, int ob0) {
     const uint64_t* wbase = a.w + size_t(ob0) * kk * P * kLanes;
     const size_t wblock = size_t(kk) * P * kLanes;  // distance between output-channel blocks
     for (int ky = 0; ky < a.k; ++ky) {
-        const uint64_t* row = a.act + ((a.oy * a.stride + ky) * a.wp + ox0 * a.stride) * P;
+        const uint64_t* row = a.act + (size_t(a.oy * a.stride + ky) * a.wp + ox0 * a.stride) * P;
         for (int kx = 0; kx < a.k; ++kx) {
             const uint64_t* x = row + kx * P;
             const uint64_t* w = wbase + size_t(ky * a.k + kx) * P * kLanes;

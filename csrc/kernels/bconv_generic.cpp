@@ -15,13 +15,13 @@ static void bconv_row(const BConvRow& a) {
             int32_t acc[kLanes] = {0};
             for (int ky = 0; ky < a.k; ++ky)
                 for (int kx = 0; kx < a.k; ++kx) {
-                    const uint64_t* x = a.act + ((a.oy * a.stride + ky) * a.wp + ox * a.stride + kx) * P;
-                    const uint64_t* w = a.w + ((ob * kk + ky * a.k + kx) * P) * kLanes;
+                    const uint64_t* x = a.act + (size_t(a.oy * a.stride + ky) * a.wp + ox * a.stride + kx) * P;
+                    const uint64_t* w = a.w + (size_t(ob * kk + ky * a.k + kx) * P) * kLanes;
                     for (int p = 0; p < P; ++p)
                         for (int l = 0; l < kLanes; ++l)
                             acc[l] += __builtin_popcountll(x[p] ^ w[p * kLanes + l]);
                 }
-            std::memcpy(a.pop + (ox * a.cout_blocks + ob) * kLanes, acc, sizeof(acc));
+            std::memcpy(a.pop + (size_t(ox) * a.cout_blocks + ob) * kLanes, acc, sizeof(acc));
         }
 }
 
