@@ -61,7 +61,7 @@ demo: $(STAMP)
 	$(VENV)/bin/xnornet eval --engine native --json $(DEMO)/eval-native.json
 	$(VENV)/bin/xnornet eval --engine both --subset 2000 --json $(DEMO)/eval-both.json
 	$(if $(DEMO_IMAGES),$(VENV)/bin/xnornet predict $(DEMO_IMAGES))
-	$(VENV)/bin/xnornet bench kernels --batch 64 --repeats 3
+	$(VENV)/bin/xnornet bench kernels --batch 64 --repeats 3 --plot $(DEMO)/kernels.png
 	$(VENV)/bin/xnornet bench --quick --json $(DEMO)/bench.json --plot $(DEMO)/bench.png
 
 clean:
