@@ -102,14 +102,85 @@ def test_bench_checks_the_model_file_first_and_fails_when_an_engine_fails(tmp_pa
     assert "1 engine run(s) failed" in out.err
 
 
+def _raising(monkeypatch, error):
+    def command(a):
+        raise error
+    monkeypatch.setitem(cli.COMMANDS, "summary", command)
+
+
 def test_bad_shapes_and_missing_packages_are_one_line_errors(capsys, monkeypatch):
     assert "widths" in _error(capsys, ["summary", "--widths", "0,0,0"])
-
-    def needs_onnx(a):
-        raise ModuleNotFoundError("No module named 'onnx'")
-    monkeypatch.setitem(cli.COMMANDS, "summary", needs_onnx)
+    _raising(monkeypatch, ModuleNotFoundError("No module named 'onnx'", name="onnx"))
     err = _error(capsys, ["summary"])
-    assert "No module named 'onnx'" in err and "pip install" in err
+    assert "No module named 'onnx'" in err and "pip install 'xnornet[onnx]'" in err
+    _raising(monkeypatch, PermissionError(13, "Permission denied", "/root/x.json"))
+    assert "Permission denied" in _error(capsys, ["summary"])
+
+
+@pytest.mark.parametrize("error", [
+    ModuleNotFoundError("No module named 'xnornet._engine'", name="xnornet._engine"),  # broken build
+    ImportError("cannot import name 'x' from 'xnornet.models'"),  # a bug
+    OSError(28, "No space left on device"),  # about no file the user named
+    RuntimeError("a bug")])
+def test_internal_errors_keep_their_traceback(monkeypatch, error):
+    _raising(monkeypatch, error)
+    with pytest.raises(type(error)):
+        cli.main(["summary"])
+
+
+def test_debug_switch_and_broken_pipe(monkeypatch, capsys):
+    _raising(monkeypatch, ValueError("bad value"))
+    monkeypatch.setenv("XNORNET_DEBUG", "1")
+    with pytest.raises(ValueError):
+        cli.main(["summary"])
+    monkeypatch.delenv("XNORNET_DEBUG")
+    _raising(monkeypatch, BrokenPipeError())
+    monkeypatch.setattr("sys.stderr", open("/dev/null", "w"))  # main closes it
+    assert cli.main(["summary"]) == 1
+
+
+def test_export_onnx_without_onnx_writes_nothing(ckpt, tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(__import__("sys").modules, "onnx", None)  # import onnx -> ModuleNotFoundError
+    out = tmp_path / "m.xnor"
+    err = _error(capsys, ["export", "--checkpoint", str(ckpt), "--out", str(out), "--onnx",
+                          str(tmp_path / "m.onnx")])
+    assert "xnornet[onnx]" in err and not out.exists()
+
+
+def test_bench_checks_the_teacher_first(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(e2e_bench, "run_bench", lambda *a, **k: pytest.fail("ran the bench"))
+    err = _error(capsys, ["bench", "--teacher", str(tmp_path / "teacher.safetensors")])
+    assert "teacher.safetensors does not exist" in err
+
+
+def test_write_model_refuses_what_readers_refuse(ckpt, tmp_path):
+    export_model(ckpt, tmp_path / "good.xnor")
+    ops = mf.read_model(tmp_path / "good.xnor")
+    b = next(i for i, op in enumerate(ops) if op.kind == mf.BCONV)
+    ops[b].tensors[3] = ops[b].tensors[3].copy()
+    ops[b].tensors[3][0] = float("nan")  # a diverged run's output scale
+    with pytest.raises(ModelFileError, match="NaN or Inf"):
+        mf.write_model(tmp_path / "nan.xnor", ops)
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        mf.write_model(tmp_path / "nodir" / "m.xnor", mf.read_model(tmp_path / "good.xnor"))
+    with pytest.raises(ValueError, match="is a folder"):
+        mf.write_model(tmp_path, mf.read_model(tmp_path / "good.xnor"))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["good.xnor"]
+
+
+def test_train_resume_does_not_need_the_init_checkpoint(tmp_path):
+    """--init-from is ignored when --resume finds a checkpoint: its file may be gone by then."""
+    from xnornet.train import _check_before_data
+    out = tmp_path / "stage2"
+    out.mkdir()
+    (out / "checkpoint.safetensors").write_bytes(b"")
+    gone = str(tmp_path / "stage1" / "model.safetensors")
+    _check_before_data(TrainConfig(out=str(out), resume=True, init_from=gone))
+    with pytest.raises(CheckpointError, match="does not exist"):
+        _check_before_data(TrainConfig(out=str(out), init_from=gone))
+    (tmp_path / "a-file").write_bytes(b"")
+    with pytest.raises(ValueError, match="is a file"):
+        _check_before_data(TrainConfig(out=str(tmp_path / "a-file")))
 
 
 def test_train_checks_its_inputs_before_loading_data(tmp_path):

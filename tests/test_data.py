@@ -691,7 +691,7 @@ def test_chosen_folder_must_exist_and_be_empty_to_download(tmp_path, local_downl
     other = tmp_path / "holiday-photos"
     other.mkdir()
     (other / "beach.jpg").write_bytes(b"not cifar")
-    with pytest.raises(DataError, match="not empty, so nothing was downloaded"):
+    with pytest.raises(DataError, match=r"holds other things \(beach.jpg\), so nothing was downloaded"):
         load_cifar10(other, download=True, progress=False)
     monkeypatch.setenv("XNORNET_DATA", str(tmp_path / "env-typo"))  # $XNORNET_DATA: the same rule
     with pytest.raises(DataError, match="does not exist"):
@@ -701,6 +701,18 @@ def test_chosen_folder_must_exist_and_be_empty_to_download(tmp_path, local_downl
     with pytest.raises(DataError, match="is a file, not a folder"):
         load_cifar10(a_file, download=True, progress=False)
     assert calls == []
+
+
+def test_chosen_folder_with_only_leftovers_gets_the_download(tmp_path, local_download):
+    calls, expected = local_download
+    dest = tmp_path / "mnt"
+    (dest / ".download-killed").mkdir(parents=True)  # a killed download's temporary folder
+    (dest / "lost+found").mkdir()
+    (dest / PY_DIR).mkdir()  # incomplete: no batches
+    (dest / PY_DIR / "data_batch_1").write_bytes(b"partial")
+    ds = load_cifar10(dest, download=True, progress=False)
+    assert calls == [dest]
+    _assert_matches_archive(ds, expected)
 
 
 def test_load_does_not_download_when_forbidden(tmp_path, local_download):

@@ -271,9 +271,14 @@ def test_inputs_too_large_for_int_indexing_are_refused():
     e = load(GOOD)
     with pytest.raises(ValueError, match="too large"):
         e._native.output_shape(1, 40000, 40000)  # 64 channels x 1.6e9 pixels
-    with pytest.raises(ValueError, match="too large"):
+    with pytest.raises(ValueError, match="a batch of 268435456 images is too large"):
         e._native.output_shape(2**28, 8, 8)  # rows of the batch: n * (h + 2 pad)
     assert list(e._native.output_shape(3, 8, 8)) == [3, 10]
+    big = np.zeros((1, 4100, 4100, 3), np.uint8)  # 64 channels x 16.8e6 pixels > 2^30 per map
+    with pytest.raises(ValueError, match="input of 4100x4100 is too large"):
+        e.run(big)
+    with pytest.raises(ValueError, match="input of 4100x4100 is too large"):
+        e.run(np.zeros((1, 3, 4100, 4100), np.float32))
 
 
 @pytest.mark.parametrize("t,field,value,words", [

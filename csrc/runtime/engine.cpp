@@ -198,7 +198,9 @@ std::vector<int64_t> Engine::output_shape(int n, int h, int w) const {
         // padded input (bits are 64 channels per word: at most 64x fewer than floats)
         const int64_t wide = std::max({op.cin, op.cout, 64});
         check_fits_int((int64_t(h) + 2 * op.pad) * (int64_t(w) + 2 * op.pad) * wide, h0, w0);
-        check_fits_int(int64_t(n) * (int64_t(h) + 2 * op.pad), h0, w0);
+        if (int64_t(n) * (int64_t(h) + 2 * op.pad) > (int64_t(1) << 30))
+            throw std::invalid_argument("a batch of " + std::to_string(n) +
+                                        " images is too large for one call: split it");
         h = out_size(h, op.k, op.stride, op.pad);
         w = out_size(w, op.k, op.stride, op.pad);
         c = op.cout;

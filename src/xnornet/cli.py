@@ -250,6 +250,8 @@ def add_export(sub):
 def run_export(a) -> int:
     from .export import export_model
     check_output_paths(out=a.out, onnx=a.onnx)
+    if a.onnx:
+        import onnx  # noqa: F401  (missing: say so before writing the .xnor)
     info = export_model(a.checkpoint, a.out)
     print(f"wrote {info['path']}: {info['bytes']:,} bytes, {info['ops']} ops; FP32 weights "
           f"{info['fp32_weight_bytes']:,} bytes -> {info['ratio']:.1f}x smaller")
@@ -355,6 +357,9 @@ def run_bench(a) -> int:
         from .assets import shipped_model
         a.model_file = str(shipped_model())
     mf.read_model(a.model_file)  # a bad file fails now, not in every engine's subprocess
+    if a.teacher:
+        from .export import check_checkpoint_path
+        check_checkpoint_path(Path(a.teacher))
     engines = [e for e in a.engines.split(",") if e]
     unknown = sorted(set(engines) - set(ENGINE_NAMES))
     if unknown:
@@ -456,16 +461,38 @@ COMMANDS = {"train": run_train, "eval": run_eval, "export": run_export, "bench":
             "predict": run_predict, "summary": run_summary}
 
 
+# Optional packages -> the extra that installs them (pyproject.toml).
+OPTIONAL = {"torch": "train", "safetensors": "train", "matplotlib": "train", "onnx": "onnx",
+            "onnxruntime": "bench", "openvino": "bench"}
+
+
+def _user_error(e: BaseException) -> bool:
+    """Errors a user causes and can fix from a one-line message; anything else (a bug, a broken
+    install) keeps its traceback. XNORNET_DEBUG=1: tracebacks for everything."""
+    import os
+    if os.environ.get("XNORNET_DEBUG"):
+        return False
+    if isinstance(e, ModuleNotFoundError):
+        return (e.name or "").split(".")[0] in OPTIONAL
+    # OSError: only about a file or folder the user named (missing, unreadable, a folder, ...)
+    return isinstance(e, (XnornetError, ValueError, FileNotFoundError)) or (
+        isinstance(e, OSError) and e.filename is not None)
+
+
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return COMMANDS[args.command](args)
-    except (XnornetError, ValueError, OSError) as e:  # OSError: missing, unreadable, full disk
-        print(f"xnornet {args.command}: error: {e}", file=sys.stderr)
-        return 2
-    except ImportError as e:
-        print(f"xnornet {args.command}: error: {e}. This command needs an optional package: "
-              "pip install 'xnornet[train,bench]'", file=sys.stderr)
+    except BrokenPipeError:  # output piped into `head` and the like
+        sys.stderr.close()
+        return 1
+    except (XnornetError, ValueError, OSError, ModuleNotFoundError) as e:
+        if not _user_error(e):
+            raise
+        hint = ""
+        if isinstance(e, ModuleNotFoundError):
+            hint = f". This command needs it: pip install 'xnornet[{OPTIONAL[e.name.split('.')[0]]}]'"
+        print(f"xnornet {args.command}: error: {e}{hint}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

@@ -120,8 +120,13 @@ def _check_chosen_download_folder(root: Path) -> None:
         raise DataError(f"{root} does not exist. To download CIFAR-10 into it, create it first; "
                         "without --data-dir and $XNORNET_DATA it is downloaded into the cache "
                         f"({cache_dir() / 'data'}). {_HOW_TO_PROVIDE}")
-    if any(root.iterdir()):
-        raise DataError(f"no CIFAR-10 found in {root}, and the folder is not empty, so nothing "
+    # Leftovers that do not make it someone else's folder: hidden files (a killed download's
+    # .download-* folder too), lost+found, an incomplete cifar-10-batches-py (replaced).
+    other = sorted(p.name for p in root.iterdir()
+                   if not p.name.startswith(".") and p.name not in ("lost+found", PY_DIR))
+    if other:
+        raise DataError(f"no CIFAR-10 found in {root}, and the folder holds other things "
+                        f"({', '.join(other[:3])}{', ...' if len(other) > 3 else ''}), so nothing "
                         f"was downloaded into it. {_HOW_TO_PROVIDE}")
 
 

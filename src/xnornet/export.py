@@ -32,7 +32,8 @@ def check_checkpoint_path(path: Path) -> None:
     with open(path, "rb") as f:
         if f.read(len(mf.MAGIC)) == mf.MAGIC:
             raise CheckpointError(f"{path} is a packed model file (.xnor), not a training "
-                                  "checkpoint; pass it with --model-file")
+                                  "checkpoint (commands that run .xnor files take them with "
+                                  "--model-file)")
 
 
 def read_checkpoint_np(path) -> tuple[dict[str, np.ndarray], dict]:

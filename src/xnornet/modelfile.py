@@ -105,8 +105,10 @@ def to_bytes(ops: list[Op]) -> bytes:
 
 
 def write_model(path, ops: list[Op]) -> int:
-    """Write ops to path atomically; returns the file size in bytes."""
+    """Write ops to path atomically; returns the file size in bytes. The bytes are read back
+    first, so a model the readers would refuse (NaN weights from a diverged run) is never written."""
     data = to_bytes(ops)
+    from_bytes(data, str(path))
     path = Path(path)
     if path.is_dir():
         raise ValueError(f"cannot write the model file: {path} is a folder")

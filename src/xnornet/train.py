@@ -231,7 +231,11 @@ def _check_before_data(cfg: TrainConfig) -> None:
     has decoded 60,000 images."""
     TrunkConfig(kind=cfg.model, widths=cfg.widths, depths=cfg.depths,
                 binary_weights=not cfg.real_weights)
-    for path in (cfg.teacher_path, cfg.init_from):
+    out = Path(cfg.out)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} is a file; give a folder for the run")
+    resuming = cfg.resume and (out / "checkpoint.safetensors").is_file()  # --init-from unused then
+    for path in (cfg.teacher_path, None if resuming else cfg.init_from):
         if path:
             check_checkpoint_path(Path(path))
 
