@@ -173,7 +173,7 @@ def plot_kernels(result: dict, path, targets=(15.0, 0.5)) -> None:
     labels = [f"op {r['op']}\n{r['cin']}->{r['cout']}" + (f"\ns{r['stride']}" if r["stride"] > 1 else "")
               for r in rows]
     xs = np.arange(len(rows))
-    fig, (ax_speed, ax_peak) = plt.subplots(1, 2, figsize=(12, 4.5))
+    fig, (ax_speed, ax_peak) = plt.subplots(1, 2, figsize=(14, 4.8))
     ax_speed.bar(xs, [r["speedup"] for r in rows], color="tab:blue")
     ax_speed.axhline(targets[0], color="tab:red", ls="--", label=f"target {targets[0]:.0f}x")
     ax_speed.set(ylabel="x PyTorch FP32 conv", title="speed-up over PyTorch FP32, same shape")
@@ -183,7 +183,7 @@ def plot_kernels(result: dict, path, targets=(15.0, 0.5)) -> None:
                 f"({result['xor_peak_binary_gmacs']:.0f} binary GMAC/s)")
     for ax in (ax_speed, ax_peak):
         ax.set_xticks(xs)
-        ax.set_xticklabels(labels, fontsize=8)
+        ax.set_xticklabels(labels, fontsize=7)
         ax.grid(axis="y", alpha=0.3)
         ax.legend()
     m = result["machine"]
