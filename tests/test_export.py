@@ -129,6 +129,28 @@ def test_onnx_export_runs_in_onnxruntime_and_agrees(kind, tmp_path):
     with torch.no_grad():
         want = file_model(x).numpy()
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+    if kind != "fp32":  # binary weights 1 bit each, as in the packed file, not 32
+        assert (tmp_path / "m.onnx").stat().st_size < 1.5 * (tmp_path / "m.xnor").stat().st_size
+
+
+def test_onnx_sign_weights_subgraph_unpacks_every_bit(tmp_path):
+    """Awkward sizes (not a multiple of 8) and both signs: the folded subgraph gives the weights."""
+    ort = pytest.importorskip("onnxruntime")
+    from onnx import TensorProto, helper
+
+    from xnornet.onnx_export import _Graph
+    signs = RNG.random((5, 3, 3, 7)) < 0.5  # 315 bits
+    g = _Graph()
+    out = g.sign_weights(signs)
+    g.nodes[-1].output[0] = "w"
+    graph = helper.make_graph(g.nodes, "t", [], [helper.make_tensor_value_info("w", TensorProto.FLOAT, None)],
+                              g.inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    path = tmp_path / "w.onnx"
+    path.write_bytes(model.SerializeToString())
+    got = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(["w"], {})[0]
+    np.testing.assert_array_equal(got, np.where(signs, 1.0, -1.0).astype(np.float32))
+    assert out
 
 
 def test_cli_predict_top_classes(tmp_path, capsys):

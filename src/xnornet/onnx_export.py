@@ -3,6 +3,10 @@
 Input `images`: float32 (N, C, H, W), already normalized; output `logits`. Binary convs become
 Mul/Add (input affine) -> GreaterOrEqual -> Where(+1, -1) -> Conv with +-1 float weights -> Mul/Add,
 i.e. the BNN simulated in float, as a runtime without binary kernels has to run it.
+
+The +-1 weights are stored as packed sign bits (uint8) and expanded by a small constant subgraph
+(BitShift, Mod, Cast, Mul, Sub, Slice, Reshape) that runtimes fold at load time: the file stays
+about as small as the packed model file instead of holding 32-bit floats per weight.
 """
 from __future__ import annotations
 
@@ -28,6 +32,20 @@ class _Graph:
         self.nodes.append(self.helper.make_node(op, inputs, [out], **attrs))
         return out
 
+    def sign_weights(self, signs: np.ndarray) -> str:
+        """+-1 float32 weights of signs' shape (bool: True = +1), stored 1 bit each."""
+        n = signs.size
+        packed = self.const(np.packbits(signs.reshape(-1)).reshape(-1, 1))  # (ceil(n/8), 1) uint8
+        shifts = self.const(np.arange(7, -1, -1, dtype=np.uint8).reshape(1, 8))  # big-endian bits
+        bits = self.node("Mod", [self.node("BitShift", [packed, shifts], direction="RIGHT"),
+                                 self.const(np.array(2, np.uint8))])
+        ones = self.node("Cast", [bits], to=1)  # 1 = FLOAT: 0.0 / 1.0
+        pm = self.node("Sub", [self.node("Mul", [ones, self.const(np.array(2, np.float32))]),
+                               self.const(np.array(1, np.float32))])
+        flat = self.node("Slice", [self.node("Reshape", [pm, self.const(np.array([-1], np.int64))]),
+                                   self.const(np.array([0], np.int64)), self.const(np.array([n], np.int64))])
+        return self.node("Reshape", [flat, self.const(np.array(signs.shape, np.int64))])
+
     def channel_affine(self, x, scale, bias) -> str:
         s = self.const(np.asarray(scale, np.float32).reshape(1, -1, 1, 1))
         b = self.const(np.asarray(bias, np.float32).reshape(1, -1, 1, 1))
@@ -42,11 +60,11 @@ def _conv(g: _Graph, x: str, op: mf.Op) -> str:
                                              g.const(np.zeros((), np.float32))])
         inp = g.node("Where", [positive, g.const(np.ones((), np.float32)),
                                g.const(-np.ones((), np.float32))])
-        weight = np.where(mf.unpack_bits(bits, cin), 1.0, -1.0).astype(np.float32)
+        w = g.sign_weights(np.ascontiguousarray(mf.unpack_bits(bits, cin).transpose(0, 3, 1, 2)))
     else:
         weight, scale, bias = op.tensors
         inp = x
-    w = g.const(np.ascontiguousarray(np.asarray(weight, np.float32).transpose(0, 3, 1, 2)))
+        w = g.const(np.ascontiguousarray(np.asarray(weight, np.float32).transpose(0, 3, 1, 2)))
     y = g.node("Conv", [inp, w], kernel_shape=[k, k], strides=[stride, stride], pads=[pad] * 4)
     y = g.channel_affine(y, scale, bias)
     if residual == mf.RES_IDENTITY:
