@@ -192,3 +192,24 @@ def test_train_checks_its_inputs_before_loading_data(tmp_path):
         train(TrainConfig(init_from=str(tmp_path), **base))
     with pytest.raises(ValueError, match="must pair up"):
         train(TrainConfig(widths=(64, 128), depths=(1,), **base))
+
+
+def test_summary_of_a_model_file_needs_no_torch(ckpt, tmp_path):
+    """Ops, shapes, bytes and MACs of a packed file, on an inference-only install."""
+    import subprocess
+    import sys
+    model = tmp_path / "m.xnor"
+    export_model(ckpt, model)
+    code = ("import sys; from xnornet.cli import main; rc = main(['summary', '--model-file', sys.argv[1]]);"
+            "assert 'torch' not in sys.modules, 'imported torch'; sys.exit(rc)")
+    run = subprocess.run([sys.executable, "-c", code, str(model)], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    rows = [line.split() for line in run.stdout.splitlines() if line[:4].strip().isdigit()]
+    assert [r[1] for r in rows] == ["INPUT", "CONV_FP", "BCONV", "HEAD"]
+    conv = rows[2]  # the one binary conv: 64 -> 64 k3 on 32x32, identity shortcut
+    assert conv[2:5] == ["64", "->", "64"] and conv[5:7] == ["3/1/1", "identity"]
+    assert int(conv[-2].replace(",", "")) == 32 * 32 * 64 * 64 * 9
+    assert "classes (10): k0, k1" in run.stdout
+    assert "is a folder" in subprocess.run(
+        [sys.executable, "-m", "xnornet", "summary", "--model-file", str(tmp_path)],
+        capture_output=True, text=True).stderr

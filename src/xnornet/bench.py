@@ -13,19 +13,6 @@ import numpy as np
 from . import modelfile as mf
 
 
-def layer_shapes(ops: list[mf.Op], h: int = 32, w: int = 32) -> list[tuple[int, mf.Op, int, int]]:
-    """(op index, op, input H, input W) for every compute op, walking the graph from h x w."""
-    out = []
-    for i, op in enumerate(ops):
-        if op.kind in (mf.CONV_FP, mf.BCONV):
-            out.append((i, op, h, w))
-            k, stride, pad = op.params[2:5]
-            h, w = (h + 2 * pad - k) // stride + 1, (w + 2 * pad - k) // stride + 1
-        elif op.kind == mf.HEAD:
-            out.append((i, op, h, w))
-    return out
-
-
 def median_time(fn, repeats: int) -> float:
     fn()  # warm-up: allocation, first-touch, lazy init
     times = []
@@ -93,7 +80,7 @@ def bench_kernels(model_path, batch=128, threads=1, repeats=5, isa=None, progres
     xor_isa = xor_peak_isa(implementations())
     xor_peak = peak if engine.isa not in PEAK_LOOPS else _engine.peak_binary_macs(xor_isa, 1.0)
     rows = []
-    shapes = layer_shapes(ops)
+    shapes = mf.layer_shapes(ops)
     for j, (i, op, h, w) in enumerate(tqdm(shapes, desc="torch convs", disable=not progress)):
         if op.kind != mf.BCONV:
             continue

@@ -427,13 +427,22 @@ def run_predict(a) -> int:
 
 
 def add_summary(sub):
-    p = sub.add_parser("summary", help="per-layer table: params, bits, memory, MACs")
+    p = sub.add_parser("summary", help="per-layer table: params, bits, memory, MACs",
+                       description="Per-layer table of a model (by name, or a checkpoint's; needs "
+                       "torch) or of a packed model file (numpy only).")
     p.add_argument("--model", choices=MODEL_CHOICES, default="bireal")
-    p.add_argument("--checkpoint", help="summarize this checkpoint's model instead")
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--checkpoint", help="summarize this checkpoint's model instead")
+    src.add_argument("--model-file", help="summarize this packed model file (.xnor) instead: ops, "
+                     "shapes, bytes, MACs, class names")
     _add_trunk_args(p)
 
 
 def run_summary(a) -> int:
+    if a.model_file:
+        from .filesummary import format_model_file
+        print(format_model_file(a.model_file))
+        return 0
     from .models import build_model
     from .summary import format_summary
     if a.checkpoint:

@@ -190,6 +190,19 @@ def read_model(path) -> list[Op]:
     return from_bytes(path.read_bytes(), str(path))
 
 
+def layer_shapes(ops: list[Op], h: int = 32, w: int = 32) -> list[tuple[int, Op, int, int]]:
+    """(op index, op, input H, input W) for every compute op, walking the graph from h x w."""
+    out = []
+    for i, op in enumerate(ops):
+        if op.kind in (CONV_FP, BCONV):
+            out.append((i, op, h, w))
+            k, stride, pad = op.params[2:5]
+            h, w = (h + 2 * pad - k) // stride + 1, (w + 2 * pad - k) // stride + 1
+        elif op.kind == HEAD:
+            out.append((i, op, h, w))
+    return out
+
+
 def class_names(ops: list[Op]) -> list[str]:
     head = ops[-1]
     if head.kind != HEAD or head.tensors[4].size == 0:
