@@ -471,7 +471,7 @@ COMMANDS = {"train": run_train, "eval": run_eval, "export": run_export, "bench":
 
 
 # Optional packages -> the extra that installs them (pyproject.toml).
-OPTIONAL = {"torch": "train", "safetensors": "train", "matplotlib": "train", "onnx": "onnx",
+OPTIONAL = {"torch": "train", "matplotlib": "train", "onnx": "onnx",
             "onnxruntime": "bench", "openvino": "bench"}
 
 

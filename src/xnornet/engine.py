@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .errors import require_file
 from .modelfile import ModelFileError
 
 
@@ -59,9 +60,7 @@ class Engine:
         best this CPU supports; 'amx+avx512', 'avx512', 'amx', 'avx2' or 'generic' forces one
         (ValueError if the CPU lacks it)."""
         path = Path(path)
-        if not path.is_file():
-            raise ModelFileError(f"model file {path} " + ("is a folder, not a file" if path.is_dir()
-                                                          else "does not exist"))
+        require_file(path, "model file", ModelFileError)
         return cls.from_bytes(path.read_bytes(), threads, isa, str(path))
 
     @classmethod

@@ -11,3 +11,13 @@ class DataError(XnornetError):
 
 class CheckpointError(XnornetError):
     """A checkpoint is missing, unreadable, or does not match the model it describes."""
+
+
+def require_file(path, what: str, error: type[Exception]) -> None:
+    """Raise error("<what> <path> does not exist" / "... is a folder, not a file") unless path is a file."""
+    from pathlib import Path
+    path = Path(path)
+    if path.is_dir():
+        raise error(f"{what} {path} is a folder, not a file")
+    if not path.is_file():
+        raise error(f"{what} {path} does not exist")

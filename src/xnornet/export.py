@@ -18,17 +18,14 @@ import numpy as np
 
 from . import modelfile as mf
 from .config import TrunkConfig
-from .errors import CheckpointError
+from .errors import CheckpointError, require_file
 
 BN_EPS = 1e-5  # torch.nn.BatchNorm2d's default, which every model here uses
 
 
 def check_checkpoint_path(path: Path) -> None:
     """Clear errors for the usual wrong paths: missing, a folder, a packed model file."""
-    if path.is_dir():
-        raise CheckpointError(f"checkpoint {path} is a folder, not a file")
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint {path} does not exist")
+    require_file(path, "checkpoint", CheckpointError)
     with open(path, "rb") as f:
         if f.read(len(mf.MAGIC)) == mf.MAGIC:
             raise CheckpointError(f"{path} is a packed model file (.xnor), not a training "

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import XnornetError
+from .errors import XnornetError, require_file
 
 MAGIC = b"XNORNET\x00"
 VERSION = 1
@@ -183,10 +183,7 @@ def from_bytes(data: bytes, source: str = "model") -> list[Op]:
 
 def read_model(path) -> list[Op]:
     path = Path(path)
-    if path.is_dir():
-        raise ModelFileError(f"model file {path} is a folder, not a file")
-    if not path.is_file():
-        raise ModelFileError(f"model file {path} does not exist")
+    require_file(path, "model file", ModelFileError)
     return from_bytes(path.read_bytes(), str(path))
 
 
