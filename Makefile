@@ -58,7 +58,7 @@ DEMO_IMAGES := $(wildcard $(XNORNET_DATA)/test/cat/0000.jpg $(XNORNET_DATA)/test
 demo: $(STAMP)
 	mkdir -p $(DEMO)
 	$(VENV)/bin/xnornet summary --model bireal
-	$(VENV)/bin/xnornet eval --engine native --json $(DEMO)/eval-native.json
+	$(VENV)/bin/xnornet eval --engine native --json $(DEMO)/eval-native.json --plot $(DEMO)/confusion.png
 	$(VENV)/bin/xnornet eval --engine both --subset 2000 --json $(DEMO)/eval-both.json
 	$(if $(DEMO_IMAGES),$(VENV)/bin/xnornet predict $(DEMO_IMAGES))
 	$(VENV)/bin/xnornet bench kernels --batch 64 --repeats 3 --plot $(DEMO)/kernels.png

@@ -1,6 +1,7 @@
 """Slow, obviously correct numpy versions of every op of the model file (docs/model-format.md).
 float64 everywhere, except where the spec fixes float32 (the binarization threshold)."""
 import numpy as np
+from pytest import approx
 
 from xnornet import modelfile as mf
 
@@ -54,3 +55,13 @@ def run_ops(ops, x):
         if op.kind != mf.INPUT:
             x = run_op(op, x)
     return x
+
+
+def check_eval_per_class(result, classes):
+    """The per-class numbers of `xnornet eval --json` agree with its top-1 and with each other."""
+    m = np.array(result["confusion"])
+    assert m.shape == (len(classes), len(classes)) and m.sum() == result["n"]
+    assert np.trace(m) / m.sum() == approx(result["accuracy"])
+    assert list(result["per_class_accuracy"]) == list(classes)
+    for i, acc in enumerate(result["per_class_accuracy"].values()):
+        assert acc == (None if m[i].sum() == 0 else approx(m[i, i] / m[i].sum()))

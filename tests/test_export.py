@@ -6,6 +6,8 @@ import numpy as np
 import pytest
 import torch
 
+import reference
+from xnornet.data import CIFAR10_CLASSES
 from xnornet import cli
 from xnornet.checkpoint import save_checkpoint
 from xnornet.engine import Engine, implementations
@@ -72,6 +74,10 @@ def test_cli_export_eval_and_bench(tmp_path, capsys):
                          "--json", str(js), "--batch-size", "25"]) == 0
         results[engine] = json.loads(js.read_text())
         assert results[engine]["n"] == 60 and results[engine]["engine"] == engine
+        reference.check_eval_per_class(results[engine], CIFAR10_CLASSES)
+    png = tmp_path / "confusion.png"
+    assert cli.main(["eval", "--model-file", str(out), "--data-dir", str(data), "--plot", str(png)]) == 0
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and "per class (%)" in capsys.readouterr().out
     assert results["native"]["accuracy"] == results["torch"]["accuracy"]
     js = tmp_path / "both.json"
     assert cli.main(["eval", "--model-file", str(out), "--engine", "both", "--data-dir", str(data),

@@ -10,7 +10,9 @@ import pytest
 import torch
 
 from synthetic import write_python_batches
+import reference
 from xnornet import cli
+from xnornet.data import CIFAR10_CLASSES
 from xnornet.checkpoint import load_model, read_checkpoint, save_checkpoint
 from xnornet.errors import CheckpointError
 from xnornet.models import build_model
@@ -312,6 +314,7 @@ def test_cli_eval_writes_json_and_bad_input_is_a_clear_error(separable_data, tmp
                      "--subset", "100", "--json", str(out)]) == 0
     result = json.loads(out.read_text())
     assert result["n"] == 100 and 0.0 <= result["accuracy"] <= 1.0
+    reference.check_eval_per_class(result, CIFAR10_CLASSES)
     _, meta, _ = read_checkpoint(ckpt)
     assert cli.main(["eval", "--checkpoint", str(tmp_path / "nope.safetensors"),
                      "--data-dir", str(separable_data)]) == 2

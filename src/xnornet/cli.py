@@ -142,23 +142,26 @@ def add_eval(sub):
     p.add_argument("--data-dir", help=DATA_DIR_HELP)
     p.add_argument("--subset", type=_positive, default=None, help="first N test images only")
     p.add_argument("--batch-size", type=_positive, default=500, help="default 500")
-    p.add_argument("--json", dest="json_out", help="write the result here: accuracy, n, data and "
-                   "the model; also loss for --checkpoint, per-runtime accuracies, agreement and "
-                   "largest logit difference for --engine both")
+    p.add_argument("--json", dest="json_out", help="write the result here: accuracy, n, data, the "
+                   "model, per-class accuracy and the confusion matrix; also loss for --checkpoint, "
+                   "per-runtime accuracies, agreement and largest logit difference for --engine both")
+    p.add_argument("--plot", help="write the confusion matrix (PNG) here (with --engine both: the "
+                   "native engine's)")
 
 
 def _checkpoint_evaluator(a):
     import torch
 
     from .checkpoint import load_model
-    from .train import evaluate
+    from .train import predict
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model, meta = load_model(a.checkpoint, device)
 
     def run(split):
-        acc, loss = evaluate(model, split, device, meta["mean"], meta["std"], a.batch_size)
+        preds, loss = predict(model, split, device, meta["mean"], meta["std"], a.batch_size)
+        acc = float((preds == split.labels).sum()) / max(1, len(split))
         return {"accuracy": acc, "loss": loss, "checkpoint": str(a.checkpoint),
-                "model": meta["model_config"]["kind"], "engine": "torch"}
+                "model": meta["model_config"]["kind"], "engine": "torch"}, preds
     return run
 
 
@@ -201,11 +204,12 @@ def _model_file_evaluator(a):
         result = {"model_file": str(a.model_file), "engine": a.engine}
         for name, p in preds.items():
             result[f"accuracy_{name}"] = float((p == split.labels).sum()) / n
-        result["accuracy"] = result[f"accuracy_{next(iter(runtimes))}"]
+        first = next(iter(runtimes))
+        result["accuracy"] = result[f"accuracy_{first}"]
         if len(preds) == 2:
             result["top1_agreement"] = float((preds["native"] == preds["torch"]).sum()) / n
             result["max_abs_logit_diff"] = max_diff
-        return result
+        return result, preds[first]
     return run
 
 
@@ -215,7 +219,7 @@ def run_eval(a) -> int:
         raise ValueError("--engine and --threads are for --model-file; a --checkpoint is "
                          "evaluated with PyTorch (export it to run the native engine)")
     a.engine = a.engine or "native"
-    check_output_paths(json=a.json_out)
+    check_output_paths(json=a.json_out, plot=a.plot)
     if not a.checkpoint and not a.model_file:
         from .assets import shipped_model
         a.model_file = str(shipped_model())
@@ -223,8 +227,9 @@ def run_eval(a) -> int:
     evaluate = _checkpoint_evaluator(a) if a.checkpoint else _model_file_evaluator(a)
     ds = xdata.load_cifar10(a.data_dir, test_only=True)
     split = ds.test.head(a.subset)
-    result = evaluate(split)
+    result, preds = evaluate(split)
     result.update(n=len(split), data=ds.source)
+    result.update(_per_class(ds.classes, split.labels, preds))
     what = result.get("model") or result["model_file"]
     print(f"{what} ({result['engine']}): top-1 {100 * result['accuracy']:.2f}% on {len(split)} "
           f"test images ({ds.source})")
@@ -232,9 +237,26 @@ def run_eval(a) -> int:
         print(f"native {100 * result['accuracy_native']:.2f}%, torch {100 * result['accuracy_torch']:.2f}%; "
               f"top-1 agreement {100 * result['top1_agreement']:.2f}%, largest logit difference "
               f"{result['max_abs_logit_diff']:.2e}")
+    from .metrics import format_per_class
+    print(format_per_class(result))
+    if a.plot:
+        from .plots import plot_confusion
+        plot_confusion(result["confusion"], ds.classes, Path(a.plot),
+                       f"{Path(what).name} ({result['engine']}), top-1 {100 * result['accuracy']:.2f}%")
+        print(f"wrote {a.plot}")
     if a.json_out:
         Path(a.json_out).write_text(json.dumps(result, indent=2) + "\n")
     return 0
+
+
+def _per_class(classes, labels, preds) -> dict:
+    """Per-class accuracy and the confusion matrix (rows: true class) for the JSON and --plot."""
+    from .metrics import confusion_matrix, per_class_report
+    n_classes = len(classes)
+    if preds.size and preds.max() >= n_classes:
+        raise ValueError(f"the model predicts class {preds.max()} but the data set has "
+                         f"{n_classes} classes: is this model for another data set?")
+    return per_class_report(confusion_matrix(labels, preds, n_classes), list(classes))
 
 
 def add_export(sub):

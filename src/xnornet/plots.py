@@ -1,4 +1,4 @@
-"""Plots: training curves (loss and accuracy per epoch)."""
+"""Plots: training curves (loss and accuracy per epoch), runs side by side, a confusion matrix."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -40,6 +40,34 @@ def plot_runs(runs: dict[str, list[dict]], path: Path, title: str | None = None)
     ax.set(xlabel="epoch", ylabel="test top-1 (%)", title=title or "test accuracy per epoch")
     ax.grid(alpha=0.3)
     ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def plot_confusion(confusion, classes, path: Path, title: str | None = None) -> None:
+    """Confusion matrix as row-normalized percentages (row = true class), counts in the cells."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    counts = np.asarray(confusion)
+    rows = np.maximum(counts.sum(axis=1, keepdims=True), 1)
+    share = 100.0 * counts / rows
+    n = len(classes)
+    fig, ax = plt.subplots(figsize=(1.0 + 0.75 * n, 0.6 + 0.65 * n))
+    im = ax.imshow(share, cmap="Blues", vmin=0, vmax=100)
+    for t in range(n):
+        for p in range(n):
+            if counts[t, p]:
+                ax.text(p, t, str(counts[t, p]), ha="center", va="center", fontsize=7,
+                        color="white" if share[t, p] > 60 else "black")
+    ax.set_xticks(range(n), classes, rotation=45, ha="right")
+    ax.set_yticks(range(n), classes)
+    ax.set(xlabel="predicted", ylabel="true class",
+           title=title or f"confusion matrix, top-1 {100 * np.trace(counts) / max(1, counts.sum()):.2f}%")
+    fig.colorbar(im, ax=ax, label="% of the true class")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

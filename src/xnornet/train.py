@@ -18,6 +18,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
@@ -194,20 +195,26 @@ def setup_distributed() -> tuple[int, int, torch.device]:
 @torch.no_grad()
 def evaluate(model, split: xdata.Split, device, mean, std, batch_size=500, autocast=None):
     """-> (top-1 accuracy as a fraction, mean CE loss) of ``model`` on ``split``."""
+    preds, loss = predict(model, split, device, mean, std, batch_size, autocast)
+    return float((preds == split.labels).sum()) / max(1, len(preds)), loss
+
+
+def predict(model, split: xdata.Split, device, mean, std, batch_size=500, autocast=None):
+    """-> (predicted labels as a numpy array, mean CE loss) of ``model`` on ``split``."""
     model.eval()
     autocast = autocast or contextlib.nullcontext
     images = torch.from_numpy(split.images)
     labels = torch.from_numpy(split.labels)
-    correct, loss_sum = 0, 0.0
+    preds, loss_sum = [], 0.0
     for i in range(0, len(labels), batch_size):
         x = normalize(images[i:i + batch_size].to(device), mean, std)
         y = labels[i:i + batch_size].to(device)
         with autocast():
             logits = model(x).float()
         loss_sum += F.cross_entropy(logits, y, reduction="sum").item()
-        correct += (logits.argmax(1) == y).sum().item()
-    n = max(1, len(labels))
-    return correct / n, loss_sum / n
+        preds.append(logits.argmax(1).cpu())
+    preds = torch.cat(preds).numpy() if preds else np.zeros(0, np.int64)
+    return preds, loss_sum / max(1, len(labels))
 
 
 # ---------------------------------------------------------------- outputs
