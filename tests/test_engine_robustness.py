@@ -175,6 +175,13 @@ def test_tensor_offset_out_of_bounds(offset):
     expect_bad(mf.patch(GOOD, at, "<Q", offset), "tensor 2", "out of bounds")
 
 
+@pytest.mark.parametrize("offset", [0, 64, (TABLES_END - 1) // 64 * 64])
+def test_tensor_data_may_not_alias_the_tables(offset):
+    """A small tensor fits inside the header or the tables: both readers refuse it there."""
+    at = mf.tensor_at(GOOD, T_MEAN) + 24
+    _both_refuse(mf.patch(GOOD, at, "<Q", offset), "tensor 0", "out of bounds")
+
+
 @pytest.mark.parametrize("delta", [1, 4, 8, 32, 63])
 def test_tensor_offset_misaligned(delta):
     at = mf.tensor_at(GOOD, T_CONV_SCALE) + 24

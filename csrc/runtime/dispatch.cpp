@@ -15,13 +15,13 @@ const std::vector<Implementation>& implementations() {
         // amx+avx512 first: 7-10% faster than avx512 at every batch size and thread count measured
         // (docs/engine.md, Dispatch). amx alone is opt-in: slower than avx512 on strided and wide layers.
         const bool avx512 = f.avx512f && f.avx512_vpopcntdq, amx = f.amx_int8 && f.avx512bw;
-        t.push_back({"amx+avx512", "AMX-INT8 tile products where they pay (stride 1, <= 128 input "
-                     "channels), avx512 elsewhere", &kernels_amx_mixed, amx && avx512});
+        t.push_back({"amx+avx512", "AMX-INT8 tile products where they pay (<= 128 input channels), "
+                     "avx512 elsewhere", &kernels_amx_mixed, amx && avx512});
         t.push_back({"avx512", "AVX-512F + VPOPCNTDQ: 8 output channels per zmm, 4x4 register tile",
                      &kernels_avx512, avx512});
         t.push_back({"amx", "AMX-INT8 for every binary conv: bits expanded to int8 +-1 per feature "
-                     "map, 16x64 by 64x16 tile products (TDPBSSD), each weight tile on 4 pixel "
-                     "tiles; opt-in", &kernels_amx, amx, /*automatic=*/false});
+                     "map, 16x64 by 64x16 tile products (TDPBSSD), 2 pixel tiles x 2 weight "
+                     "tiles per step; opt-in", &kernels_amx, amx, /*automatic=*/false});
         t.push_back({"avx2", "AVX2: nibble-LUT popcount (vpshufb + vpsadbw), 4-pixel tile",
                      &kernels_avx2, f.avx2});
 #else

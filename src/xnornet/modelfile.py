@@ -142,6 +142,7 @@ def from_bytes(data: bytes, source: str = "model") -> list[Op]:
     tensors_at = HEADER_BYTES + OP_BYTES * n_ops
     if n_ops == 0 or tensors_at + TENSOR_BYTES * n_tensors > len(data):
         fail("op/tensor tables run past the end of the file")
+    data_at = tensors_at + TENSOR_BYTES * n_tensors  # tensor data may not alias the tables
     tensors, spans = [], []
     for i in range(n_tensors):
         code, ndim, *dims, offset = _TENSOR.unpack_from(data, tensors_at + TENSOR_BYTES * i)
@@ -149,7 +150,7 @@ def from_bytes(data: bytes, source: str = "model") -> list[Op]:
             fail(f"tensor {i}: unknown dtype or too many dims")
         shape = tuple(dims[:ndim])
         nbytes = math.prod(shape) * _DTYPES[code].itemsize  # Python ints: no wrap-around
-        if offset % ALIGN or offset + nbytes > len(data):
+        if offset < data_at or offset % ALIGN or offset + nbytes > len(data):
             fail(f"tensor {i}: data out of bounds or misaligned")
         tensors.append(np.frombuffer(data, _DTYPES[code], math.prod(shape), offset).reshape(shape))
         spans.append((offset, offset + nbytes, i))
