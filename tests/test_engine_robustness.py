@@ -6,7 +6,9 @@ CRC-32 recomputed so that the parser's structural checks, not the checksum, have
 """
 from __future__ import annotations
 
+import os
 import re
+import subprocess
 import struct
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -454,22 +456,14 @@ def _names_model(raw: bytes, classes: int) -> bytes:
 
 
 def test_class_names_not_utf8():
-    data = _names_model(b"\xff\xfe\nb", 2)
-    try:
-        e = load(data)
-    except ModelFileError as err:
-        assert "class names" in str(err)
-        return
-    assert len(e.class_names) == 2
+    _both_refuse(_names_model(b"\xff\xfe\nb", 2), "class names")
 
 
-def test_class_names_same_in_engine_and_python_reader():
-    data = _names_model(b"a\nb\n", 2)
-    try:
-        e = load(data)
-    except ModelFileError:
-        return
-    assert e.class_names == modelfile.class_names(modelfile.from_bytes(data))
+@pytest.mark.parametrize("raw,names", [(b"a\nb", ["a", "b"]), (b"\nx y", ["", "x y"]),
+                                       ("chat\nf\u00e9e\n\u732b".encode(), ["chat", "f\u00e9e", "\u732b"])])
+def test_class_names_same_in_engine_and_python_reader(raw, names):
+    data = _names_model(raw, len(names))
+    assert load(data).class_names == modelfile.class_names(modelfile.from_bytes(data)) == names
 
 
 def test_class_names_round_trip():
@@ -542,14 +536,16 @@ def _op_entry(data, i):
     return kind, params
 
 
+def test_input_only_model_is_refused():
+    """Nothing to compute: once a crash in run() (no layers), now refused when the file loads."""
+    expect_bad(to_bytes([mf.input_op()]), "no compute op")
+
+
 def _check_run(engine, data):
     n_ops = struct.unpack_from("<I", data, mf.N_OPS_AT)[0]
     first, (last, last_params) = _op_entry(data, 0), _op_entry(data, n_ops - 1)
     c = first[1][2] if first[0] == INPUT else first[1][0]
-    if n_ops == 1 and first[0] == INPUT:
-        # An INPUT-only model is valid but SEGFAULTS in run() (engine.cpp run_graph:
-        # ws.layers.front() on an empty vector). Reported; not run here.
-        return
+    assert not (n_ops == 1 and first[0] == INPUT), "an INPUT-only model must not load"
     if not 1 <= c <= 256:
         return
     rng = np.random.default_rng(len(data))
@@ -1017,3 +1013,13 @@ def test_threads_default_is_all_cores():
     e = Engine.from_bytes(GOOD)
     assert e.threads >= 1
     assert Engine.from_bytes(GOOD, threads=None).threads == e.threads
+    # OpenMP's default, decided when the runtime loads: all usable cores, or $OMP_NUM_THREADS.
+    code = ("from xnornet.engine import Engine; from xnornet.assets import shipped_model; "
+            "print(Engine.load(shipped_model()).threads)")
+    env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
+    got = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                         check=True).stdout.split()
+    assert int(got[-1]) == len(os.sched_getaffinity(0))
+    got = subprocess.run([sys.executable, "-c", code], env={**env, "OMP_NUM_THREADS": "3"},
+                         capture_output=True, text=True, check=True).stdout.split()
+    assert int(got[-1]) == 3

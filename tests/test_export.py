@@ -79,6 +79,15 @@ def test_cli_export_eval_and_bench(tmp_path, capsys):
     assert cli.main(["eval", "--model-file", str(out), "--data-dir", str(data), "--plot", str(png)]) == 0
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and "per class (%)" in capsys.readouterr().out
     assert results["native"]["accuracy"] == results["torch"]["accuracy"]
+    # Against an answer computed here, outside the CLI: every image scored against its own label.
+    from xnornet.data import load_cifar10
+    test = load_cifar10(str(data), test_only=True).test
+    preds = Engine.load(out).predict(test.images)
+    assert len(set(preds)) > 2  # the model tells images apart, so misaligned labels would show
+    expected = np.zeros((10, 10), int)
+    np.add.at(expected, (test.labels, preds), 1)
+    assert results["native"]["accuracy"] == pytest.approx((preds == test.labels).mean())
+    np.testing.assert_array_equal(results["native"]["confusion"], expected)
     js = tmp_path / "both.json"
     assert cli.main(["eval", "--model-file", str(out), "--engine", "both", "--data-dir", str(data),
                      "--json", str(js)]) == 0
@@ -176,6 +185,17 @@ def test_cli_predict_top_classes(tmp_path, capsys):
         probs = [t["probability"] for t in p["top"]]
         assert len(probs) == 3 and probs == sorted(probs, reverse=True) and 0 < sum(probs) <= 1 + 1e-6
         assert all(t["class"].startswith("k") for t in p["top"])
+    # The same numbers computed here: PIL's bilinear resize, the engine's logits, a softmax.
+    engine = Engine.load(tmp_path / "m.xnor")
+    for p, path in zip(preds, paths):
+        with Image.open(path) as im:
+            x = np.asarray(im.convert("RGB").resize((32, 32), Image.BILINEAR))[None]
+        logits = engine.run(x)[0].astype(np.float64)
+        probs = np.exp(logits - logits.max())
+        probs /= probs.sum()
+        best = np.argsort(-probs)[:3]
+        assert [t["class"] for t in p["top"]] == [engine.class_names[i] for i in best]
+        np.testing.assert_allclose([t["probability"] for t in p["top"]], probs[best], rtol=1e-5)
     assert paths[0] in capsys.readouterr().out
     (tmp_path / "bad.png").write_bytes(b"not an image")
     assert cli.main(["predict", str(tmp_path / "bad.png"), "--model-file", str(tmp_path / "m.xnor")]) == 2

@@ -69,6 +69,11 @@ def test_random_crop_flip_takes_windows_of_the_padded_image():
         flips += matches[0]
     again = random_crop_flip(x, pad, torch.Generator().manual_seed(3))
     assert torch.equal(out, again)  # same generator state, same augmentation
+    # It does augment: some images flipped, some not, and some windows moved off the centre.
+    assert 0 < flips < len(x), flips
+    assert any(not torch.equal(out[i], x[i]) and not torch.equal(out[i], x[i].flip(1))
+               for i in range(len(x)))
+    assert not torch.equal(out, random_crop_flip(x, pad, torch.Generator().manual_seed(4)))
 
 
 def test_cutout_zeroes_one_clipped_square_per_image():
@@ -205,13 +210,26 @@ def test_cutout_training_and_resume_checks_it(separable_data, tmp_path):
         train(_cfg(separable_data, tmp_path, model="fp32", epochs=2, cutout=0, resume=True))
 
 
-def test_kd_training_with_a_teacher(separable_data, tmp_path):
+def test_kd_training_with_a_teacher(separable_data, tmp_path, monkeypatch):
     train(_cfg(separable_data, tmp_path / "teacher", model="fp32", epochs=2))
     row = train(_cfg(separable_data, tmp_path / "student", epochs=2, kd=True, kd_alpha=0.5,
                      teacher_path=str(tmp_path / "teacher" / "model.safetensors")))
     assert row["test_acc"] > 0.3
     _, meta, _ = read_checkpoint(tmp_path / "student" / "model.safetensors")
     assert meta["train_config"]["kd"] is True
+    # With alpha = 0 the labels play no part: the student learns from the teacher's logits alone.
+    import xnornet.train as xtrain
+    seen = []
+    real_kd_loss = xtrain.kd_loss
+
+    def spy(student_logits, teacher_logits, labels, alpha, *rest):
+        seen.append(alpha)
+        return real_kd_loss(student_logits, teacher_logits, labels, alpha, *rest)
+    monkeypatch.setattr(xtrain, "kd_loss", spy)
+    row = train(_cfg(separable_data, tmp_path / "pure-kd", epochs=2, kd=True, kd_alpha=0.0,
+                     teacher_path=str(tmp_path / "teacher" / "model.safetensors")))
+    assert seen and set(seen) == {0.0}
+    assert row["test_acc"] > 0.3, row  # chance is 0.1
 
 
 @pytest.mark.parametrize("kind", ["xnor", "bireal"])

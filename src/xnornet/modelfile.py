@@ -179,6 +179,15 @@ def from_bytes(data: bytes, source: str = "model") -> list[Op]:
         if kind not in _N_PARAMS:
             fail(f"op {i}: unknown op kind {kind}")
         ops.append(Op(kind, list(params[:n_params]), tensors[first:first + count]))
+    head = ops[-1]
+    if head.kind == HEAD and len(head.tensors) > 4 and len(head.params) > 1:
+        try:  # strict UTF-8, as the engine: no overlong forms, no surrogates
+            n_names = len(class_names(ops))
+        except UnicodeDecodeError as e:
+            fail(f"class names are not valid UTF-8 ({e.reason})")
+        if n_names != head.params[1]:
+            fail(f"class names do not match the classifier's outputs ({n_names} names, "
+                 f"{head.params[1]} classes)")
     return ops
 
 
