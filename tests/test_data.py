@@ -727,35 +727,35 @@ def test_load_does_not_download_when_forbidden(tmp_path, local_download):
 def test_scalar_labels_is_data_error(synthetic_cifar_python, cifar_pickle_dumps):
     bad = synthetic_cifar_python / PY_DIR / "test_batch"
     bad.write_bytes(cifar_pickle_dumps({b"data": np.zeros((1, 3072), np.uint8), b"labels": 5}))
-    with pytest.raises(DataError):
+    with pytest.raises(DataError, match="test_batch"):
         load_cifar10(synthetic_cifar_python, download=False, progress=False)
 
 
 def test_pixel_out_of_uint8_range_is_data_error(synthetic_cifar_python, cifar_pickle_dumps):
     bad = synthetic_cifar_python / PY_DIR / "test_batch"
     bad.write_bytes(cifar_pickle_dumps({b"data": [[256] * 3072], b"labels": [0]}))
-    with pytest.raises(DataError):
+    with pytest.raises(DataError, match="test_batch"):
         load_cifar10(synthetic_cifar_python, download=False, progress=False)
 
 
 def test_int_array_out_of_uint8_range_is_data_error(synthetic_cifar_python, cifar_pickle_dumps):
     bad = synthetic_cifar_python / PY_DIR / "test_batch"
     bad.write_bytes(cifar_pickle_dumps({b"data": np.full((1, 3072), 300, np.int64), b"labels": [0]}))
-    with pytest.raises(DataError):
+    with pytest.raises(DataError, match="test_batch"):
         load_cifar10(synthetic_cifar_python, download=False, progress=False)
 
 
 def test_corrupt_pickle_overflow_is_data_error(synthetic_cifar_python):
     bad = synthetic_cifar_python / PY_DIR / "test_batch"
     bad.write_bytes(b"\x80\x04\x8e" + struct.pack("<Q", 2**63))  # BINBYTES8 with absurd length
-    with pytest.raises(DataError):
+    with pytest.raises(DataError, match="test_batch"):
         load_cifar10(synthetic_cifar_python, download=False, progress=False)
 
 
 def test_test_split_missing_class_folder_is_data_error(tmp_path):
     root = tmp_path / "folder"
     _make_folder(root, {"train": {"a": 1, "b": 1}, "test": {"a": 1}})
-    with pytest.raises(DataError):
+    with pytest.raises(DataError, match=r"test[/\\]b is missing"):
         load_cifar10(root, download=False, progress=False)
 
 

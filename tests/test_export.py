@@ -55,9 +55,13 @@ def test_exported_model_agrees_with_pytorch(kind, tmp_path):
 
 
 def test_default_bireal_file_is_25x_smaller_than_fp32(tmp_path):
-    ckpt, _ = _checkpoint("bireal", tmp_path)
+    ckpt, model = _checkpoint("bireal", tmp_path)
     info = export_model(ckpt, tmp_path / "m.xnor")
     assert info["ratio"] >= 25, info
+    # Counted here too: 4 bytes per trained parameter against the file's size on disk.
+    fp32_bytes = 4 * sum(p.numel() for p in model.parameters())
+    assert fp32_bytes / (tmp_path / "m.xnor").stat().st_size >= 25
+    assert info["bytes"] == (tmp_path / "m.xnor").stat().st_size
 
 
 def test_cli_export_eval_and_bench(tmp_path, capsys):

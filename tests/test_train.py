@@ -40,6 +40,11 @@ def test_kd_loss_hand_computed():
     # alpha = 1 is plain cross-entropy; identical logits give zero KL
     assert kd_loss(torch.tensor([s]), torch.tensor([t]), torch.tensor([y]), 1.0, T).item() == pytest.approx(ce)
     assert kd_loss(torch.tensor([s]), torch.tensor([s]), torch.tensor([y]), 0.0, T).item() == pytest.approx(0, abs=1e-7)
+    # Label smoothing eps on K classes: the CE target is (1 - eps) on y plus eps/K everywhere.
+    eps, logp = 0.1, [-math.log(1 + math.exp(-1.0)), -math.log(1 + math.exp(1.0))]
+    smoothed = -((1 - eps) * logp[y] + eps / 2 * sum(logp))
+    got = kd_loss(torch.tensor([s]), torch.tensor([t]), torch.tensor([y]), 1.0, T, label_smoothing=eps)
+    assert got.item() == pytest.approx(smoothed, rel=1e-6) and smoothed != pytest.approx(ce)
 
 
 def test_lr_schedule_warmup_then_cosine():
