@@ -315,15 +315,43 @@ def _env():
     return env
 
 
+# Run by torchrun in each rank: `xnornet train` through the CLI, then the ranks compare their
+# weights. Each rank trains on its own half of every epoch, so only averaged gradients (a model
+# really wrapped in DistributedDataParallel) keep them equal.
+_DDP_DRIVER = """
+import sys
+import torch
+import torch.distributed as dist
+from xnornet import cli
+nets = []
+real_ddp = torch.nn.parallel.DistributedDataParallel
+class Spy(real_ddp):
+    def __init__(self, module, *args, **kwargs):
+        super().__init__(module, *args, **kwargs)
+        nets.append(module)
+torch.nn.parallel.DistributedDataParallel = Spy
+assert cli.main(["train", *sys.argv[1:]]) == 0
+assert len(nets) == 1, "the model was not wrapped in DistributedDataParallel"
+mine = torch.cat([p.detach().flatten().double() for p in nets[0].parameters()])
+every = [torch.empty_like(mine) for _ in range(dist.get_world_size())]
+dist.all_gather(every, mine)
+assert all(torch.equal(every[0], w) for w in every), "ranks hold different weights"
+print("ranks agree on", mine.numel(), "weights")
+"""
+
+
 def test_ddp_two_processes_on_cpu(separable_data, tmp_path):
     out = tmp_path / "ddp"
+    driver = tmp_path / "ddp_driver.py"
+    driver.write_text(_DDP_DRIVER)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           "-m", "xnornet", "train", "--model", "xnor", "--epochs", "2", "--batch-size", "50",
+           str(driver), "--model", "xnor", "--epochs", "2", "--batch-size", "50",
            "--widths", "16,32", "--depths", "1,1", "--data-dir", str(separable_data),
            "--out", str(out), "--compile", "off", "--amp", "off", "--no-progress"]
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=_env())
     assert r.returncode == 0, r.stdout + r.stderr
     assert "world 2" in r.stdout and "6 steps/epoch" in r.stdout  # 600 images / 2 ranks / 50
+    assert r.stdout.count("ranks agree on") == 2, r.stdout
     _, meta, _ = read_checkpoint(out / "checkpoint.safetensors")
     assert meta["world_size"] == 2 and meta["epoch"] == 2
     assert meta["history"][-1]["test_acc"] > 0.3

@@ -199,6 +199,7 @@ def evaluate(model, split: xdata.Split, device, mean, std, batch_size=500, autoc
     return float((preds == split.labels).sum()) / max(1, len(preds)), loss
 
 
+@torch.no_grad()
 def predict(model, split: xdata.Split, device, mean, std, batch_size=500, autocast=None):
     """-> (predicted labels as a numpy array, mean CE loss) of ``model`` on ``split``."""
     model.eval()
