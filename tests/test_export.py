@@ -11,6 +11,7 @@ from xnornet.data import CIFAR10_CLASSES
 from xnornet import cli
 from xnornet.checkpoint import save_checkpoint
 from xnornet.engine import Engine, implementations
+from xnornet.transforms import normalize
 from xnornet.export import export_model
 from xnornet.filemodel import FileModel
 from xnornet.models import build_model
@@ -43,6 +44,12 @@ def test_exported_model_agrees_with_pytorch(kind, tmp_path):
     images = RNG.integers(0, 256, (9, 32, 32, 3), dtype=np.uint8)
     file_model = FileModel.load(tmp_path / "m.xnor")
     x = file_model.normalize(images)
+    # The input normalization, from the checkpoint's mean/std (not the file's), as training has it.
+    mean, std = np.array([0.5, 0.4, 0.3]), np.array([0.2, 0.3, 0.25])
+    by_hand = ((images / 255.0 - mean) / std).transpose(0, 3, 1, 2)
+    np.testing.assert_allclose(x.numpy(), by_hand, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(x.numpy(), normalize(torch.from_numpy(images), [0.5, 0.4, 0.3],
+                                                    [0.2, 0.3, 0.25]).numpy(), rtol=1e-6, atol=1e-6)
     with torch.no_grad():
         from_file, original = file_model(x).numpy(), model(x).numpy()
     np.testing.assert_allclose(from_file, original, rtol=1e-4, atol=1e-4)
