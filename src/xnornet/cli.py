@@ -154,14 +154,14 @@ def _checkpoint_evaluator(a):
     import torch
 
     from .checkpoint import load_model
+    from .metrics import accuracy
     from .train import predict
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model, meta = load_model(a.checkpoint, device)
 
     def run(split):
         preds, loss = predict(model, split, device, meta["mean"], meta["std"], a.batch_size)
-        acc = float((preds == split.labels).sum()) / max(1, len(split))
-        return {"accuracy": acc, "loss": loss, "checkpoint": str(a.checkpoint),
+        return {"accuracy": accuracy(split.labels, preds), "loss": loss, "checkpoint": str(a.checkpoint),
                 "model": meta["model_config"]["kind"], "engine": "torch"}, preds
     return run
 
@@ -187,6 +187,8 @@ def _model_file_runtimes(a) -> dict:
 
 def _model_file_evaluator(a):
     import numpy as np
+
+    from .metrics import accuracy
     runtimes = _model_file_runtimes(a)
 
     def run(split):
@@ -201,14 +203,13 @@ def _model_file_evaluator(a):
             if len(outs) == 2:
                 max_diff = max(max_diff, float(np.abs(outs["native"] - outs["torch"]).max()))
         preds = {name: np.concatenate(p) if p else np.zeros(0, int) for name, p in preds.items()}
-        n = max(1, len(split))
         result = {"model_file": str(a.model_file), "engine": a.engine}
         for name, p in preds.items():
-            result[f"accuracy_{name}"] = float((p == split.labels).sum()) / n
+            result[f"accuracy_{name}"] = accuracy(split.labels, p)
         first = next(iter(runtimes))
         result["accuracy"] = result[f"accuracy_{first}"]
         if len(preds) == 2:
-            result["top1_agreement"] = float((preds["native"] == preds["torch"]).sum()) / n
+            result["top1_agreement"] = accuracy(preds["torch"], preds["native"])
             result["max_abs_logit_diff"] = max_diff
         return result, preds[first]
     return run

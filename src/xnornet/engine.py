@@ -56,9 +56,9 @@ class Engine:
 
     @classmethod
     def load(cls, path, threads: int | None = None, isa: str | None = None) -> "Engine":
-        """Load a packed model file. threads: None = OpenMP's default (all cores unless $OMP_NUM_THREADS). isa: None = $XNORNET_ISA or the
-        best this CPU supports; 'amx+avx512', 'avx512', 'amx', 'avx2' or 'generic' forces one
-        (ValueError if the CPU lacks it)."""
+        """Load a packed model file. threads: None = OpenMP's default (all cores unless
+        $OMP_NUM_THREADS). isa: None = $XNORNET_ISA or the best this CPU supports; 'amx+avx512',
+        'avx512', 'amx', 'avx2' or 'generic' forces one (ValueError if the CPU lacks it)."""
         path = Path(path)
         require_file(path, "model file", ModelFileError)
         return cls.from_bytes(path.read_bytes(), threads, isa, str(path))

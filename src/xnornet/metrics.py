@@ -5,6 +5,12 @@ from __future__ import annotations
 import numpy as np
 
 
+def accuracy(labels, preds) -> float:
+    """Top-1 accuracy as a fraction; 0.0 for no images."""
+    labels, preds = np.asarray(labels), np.asarray(preds)
+    return float((labels == preds).sum()) / max(1, len(labels))
+
+
 def confusion_matrix(labels, preds, n_classes: int) -> np.ndarray:
     """(n_classes, n_classes) int64 counts: row = true class, column = predicted class."""
     labels, preds = np.asarray(labels), np.asarray(preds)

@@ -27,6 +27,7 @@ from . import data as xdata
 from .checkpoint import load_model, read_checkpoint, save_checkpoint
 from .export import check_checkpoint_path
 from .layers import QuantConv2d, clip_latent_weights
+from .metrics import accuracy
 from .config import ALIASES, TrunkConfig
 from .models import build_model
 from .transforms import cutout, normalize, random_crop_flip
@@ -196,7 +197,7 @@ def setup_distributed() -> tuple[int, int, torch.device]:
 def evaluate(model, split: xdata.Split, device, mean, std, batch_size=500, autocast=None):
     """-> (top-1 accuracy as a fraction, mean CE loss) of ``model`` on ``split``."""
     preds, loss = predict(model, split, device, mean, std, batch_size, autocast)
-    return float((preds == split.labels).sum()) / max(1, len(preds)), loss
+    return accuracy(split.labels, preds), loss
 
 
 @torch.no_grad()
