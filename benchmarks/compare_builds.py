@@ -25,19 +25,12 @@ def child(model_file, batch, threads, repeats):
     import numpy as np
 
     from xnornet import modelfile as mf
+    from xnornet.bench import profiled_runs
     from xnornet.engine import Engine
 
     engine = Engine.load(model_file, threads=threads)
     x = np.random.default_rng(0).integers(0, 256, (batch, 32, 32, 3), dtype=np.uint8)
-    engine._native.set_profiling(True)
-    engine.run(x)  # warm-up: buffers, caches
-    totals, per_op = [], []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        engine.run(x)
-        totals.append(time.perf_counter() - t)
-        per_op.append(engine._native.last_profile())
-    per_op = np.median(np.array(per_op), axis=0)
+    totals, per_op = profiled_runs(engine, x, repeats)
     shapes = mf.layer_shapes(mf.read_model(model_file))
     ops = {str(i): 1e3 * float(per_op[j]) for j, (i, op, _, _) in enumerate(shapes) if op.kind == mf.BCONV}
     print(json.dumps({"total": 1e3 * statistics.median(totals), "ops": ops}))

@@ -54,6 +54,21 @@ def random_model_file(path, kind: str = "bireal") -> str:
     return str(path)
 
 
+def profiled_runs(engine, images, repeats: int):
+    """Seconds of `repeats` whole-network runs (after a warm-up run) and the median per-op
+    profile (seconds per graph op) over them."""
+    engine._native.set_profiling(True)
+    engine.run(images)
+    per_op, total = [], []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        engine.run(images)
+        total.append(time.perf_counter() - t)
+        per_op.append(engine._native.last_profile())
+    engine._native.set_profiling(False)
+    return total, np.median(np.array(per_op), axis=0)
+
+
 def bench_kernels(model_path, batch=128, threads=1, repeats=5, isa=None, progress=True) -> dict:
     """Per binary conv layer: engine time inside the fused whole-network run (per-op profile)
     vs torch.nn.functional.conv2d in FP32 on the same shape; binary GMAC/s; share of peak."""
@@ -65,17 +80,7 @@ def bench_kernels(model_path, batch=128, threads=1, repeats=5, isa=None, progres
     ops = mf.read_model(model_path)
     engine = Engine.load(model_path, threads=threads, isa=isa)
     images = np.random.default_rng(0).integers(0, 256, (batch, 32, 32, 3), dtype=np.uint8)
-    engine._native.set_profiling(True)
-    engine.run(images)
-    per_op = []
-    total = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        engine.run(images)
-        total.append(time.perf_counter() - t)
-        per_op.append(engine._native.last_profile())
-    engine._native.set_profiling(False)
-    per_op = np.median(np.array(per_op), axis=0)
+    total, per_op = profiled_runs(engine, images, repeats)
     peak = _engine.peak_binary_macs(engine.isa, 1.0)
     xor_isa = xor_peak_isa(implementations())
     xor_peak = peak if engine.isa not in PEAK_LOOPS else _engine.peak_binary_macs(xor_isa, 1.0)
