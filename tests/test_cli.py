@@ -213,3 +213,99 @@ def test_summary_of_a_model_file_needs_no_torch(ckpt, tmp_path):
     assert "is a folder" in subprocess.run(
         [sys.executable, "-m", "xnornet", "summary", "--model-file", str(tmp_path)],
         capture_output=True, text=True).stderr
+
+
+def test_more_options_that_would_be_ignored_are_refused(ckpt, tmp_path, capsys):
+    model = tmp_path / "m.xnor"
+    export_model(ckpt, model)
+    err = _error(capsys, ["summary", "--model", "xnor", "--widths", "64,128", "--checkpoint", str(ckpt)])
+    assert "--model, --widths: not used here" in err
+    assert "--depths" in _error(capsys, ["summary", "--depths", "1,1,1", "--model-file", str(model)])
+    assert "--threads" in _error(capsys, ["eval", "--model-file", str(model), "--engine", "torch",
+                                          "--threads", "2"])
+    err = _error(capsys, ["train", "--kd-alpha", "0.3", "--kd-temperature", "4",
+                          "--out", str(tmp_path / "run")])
+    assert "--kd-alpha, --kd-temperature: not used here" in err and "add --kd" in err
+    assert not (tmp_path / "run").exists()
+    assert cli.main(["summary", "--model", "xnor", "--widths", "16,32", "--depths", "1,1"]) == 0
+    assert "widths (16, 32)" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("field,value,flag", [("lr", -0.1, "--lr"), ("lr", 0.0, "--lr"),
+                                              ("weight_decay", -1e-4, "--weight-decay"),
+                                              ("label_smoothing", 1.0, "--label-smoothing"),
+                                              ("label_smoothing", -0.1, "--label-smoothing"),
+                                              ("warmup_epochs", -1, "--warmup-epochs")])
+def test_train_numbers_are_checked_by_name(field, value, flag):
+    """Not by torch, at the first step after the data has loaded, in its own words."""
+    with pytest.raises(ValueError, match=flag):
+        TrainConfig(**{field: value})
+
+
+def test_plot_format_is_checked_before_the_work(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("XNORNET_DATA", str(tmp_path / "no-data-here"))
+    err = _error(capsys, ["eval", "--plot", str(tmp_path / "c.txt")])
+    assert "--plot" in err and "unknown image format '.txt'" in err and ".png" in err
+    assert "--plot" in _error(capsys, ["bench", "kernels", "--plot", str(tmp_path / "k")])
+    assert "--plot" in _error(capsys, ["bench", "--plot", str(tmp_path / "b.json")])
+
+
+def test_eval_compares_the_models_classes_with_the_data_sets(ckpt, tmp_path, capsys):
+    import numpy as np
+    import synthetic
+    from xnornet.data import CIFAR10_CLASSES
+    data = synthetic.write_python_batches(tmp_path / "data", n_train=10, n_test=20)
+    model = tmp_path / "m.xnor"
+    export_model(ckpt, model)  # classes k0..k9: another naming, scored but said
+    assert cli.main(["eval", "--model-file", str(model), "--data-dir", str(data), "--no-progress"]) == 0
+    assert "note: the model's classes ['k0'" in capsys.readouterr().err
+    ops = mf.read_model(model)
+    names = "\n".join(reversed(CIFAR10_CLASSES)).encode()
+    ops[-1].tensors[4] = np.frombuffer(names, np.uint8)
+    mf.write_model(model, ops)
+    assert "another order" in _error(capsys, ["eval", "--model-file", str(model), "--data-dir", str(data)])
+    ops[-1].tensors[4] = np.frombuffer("\n".join(CIFAR10_CLASSES).encode(), np.uint8)
+    mf.write_model(model, ops)
+    assert cli.main(["eval", "--model-file", str(model), "--data-dir", str(data), "--no-progress"]) == 0
+    assert "note:" not in capsys.readouterr().err
+
+
+def test_predict_refuses_decompression_bombs(tmp_path, capsys, monkeypatch):
+    import numpy as np
+    from PIL import Image
+    img = tmp_path / "big.png"
+    Image.fromarray(np.zeros((64, 64, 3), np.uint8)).save(img)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # 4096 > 2 x 1000: Pillow's own error
+    assert "cannot read image" in _error(capsys, ["predict", str(img)])
+
+
+def test_python_readers_refuse_what_the_engine_refuses(ckpt, tmp_path, capsys):
+    """Summary and the PyTorch rebuild read files in Python: a valid checksum over a bad op must
+    give the same one-line error as the engine, not a ZeroDivisionError or an IndexError."""
+    good = tmp_path / "good.xnor"
+    export_model(ckpt, good)
+    ops = mf.read_model(good)
+    b = next(i for i, op in enumerate(ops) if op.kind == mf.BCONV)
+    ops[b].params[3] = 0  # stride 0
+    bad = tmp_path / "stride0.xnor"
+    bad.write_bytes(mf.to_bytes(ops))
+    for argv in (["summary", "--model-file", str(bad)],
+                 ["eval", "--model-file", str(bad), "--engine", "torch"]):
+        assert "kernel/stride/pad out of range" in _error(capsys, argv)
+
+
+def test_non_xnornet_safetensors_says_what_is_missing(tmp_path, capsys):
+    import numpy as np
+    from safetensors.numpy import save_file
+    generic = tmp_path / "generic.safetensors"
+    save_file({"w": np.zeros(3, np.float32)}, str(generic))
+    for argv in (["summary", "--checkpoint", str(generic)],
+                 ["export", "--checkpoint", str(generic), "--out", str(tmp_path / "m.xnor")]):
+        assert "no xnornet metadata" in _error(capsys, argv)
+
+
+def test_whole_number_options_say_what_they_expect(capsys):
+    with pytest.raises(SystemExit):
+        cli.build_parser().parse_args(["eval", "--subset", "abc"])
+    err = capsys.readouterr().err
+    assert "expected a whole number >= 1, got 'abc'" in err and "_positive" not in err

@@ -417,6 +417,34 @@ def test_image_folder_without_classes_is_data_error(tmp_path):
         load_cifar10(root, download=False, progress=False)
 
 
+@pytest.mark.parametrize("test_only", [False, True])
+def test_image_folder_with_an_empty_test_split_is_data_error(tmp_path, test_only):
+    """An empty test split would give an accuracy over 0 images."""
+    root = tmp_path / "folder"
+    _make_folder(root, {"train": {"a": 1, "b": 1}})
+    (root / "test" / "a").mkdir(parents=True)
+    (root / "test" / "b").mkdir()
+    with pytest.raises(DataError, match="test holds no images"):
+        load_cifar10(root, download=False, progress=False, test_only=test_only)
+
+
+def test_image_folder_class_missing_from_train_is_data_error(tmp_path):
+    """Its images would be left out without a word."""
+    root = tmp_path / "folder"
+    _make_folder(root, {"train": {"a": 1, "b": 1}, "test": {"a": 1, "b": 1, "c": 1}})
+    with pytest.raises(DataError, match=r"class folders \['c'\] that .*train lacks"):
+        load_cifar10(root, download=False, progress=False, test_only=True)
+
+
+def test_decompression_bomb_is_data_error(tmp_path, monkeypatch):
+    """Pillow refuses images far past MAX_IMAGE_PIXELS with its own error class, not OSError."""
+    root = tmp_path / "folder"
+    _make_folder(root, {"train": {"a": 1}, "test": {"a": 1}})
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)  # 32x32 = 1024 > 2 x 100: a "bomb"
+    with pytest.raises(DataError, match="cannot decode image"):
+        load_cifar10(root, download=False, progress=False, test_only=True)
+
+
 # ================================================================ locating the data
 
 def test_missing_data_without_download_mentions_data_dir(tmp_path):

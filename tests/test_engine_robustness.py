@@ -47,9 +47,12 @@ def load(data, **kw) -> Engine:
 
 
 def expect_bad(data, *words):
-    """Loading data raises ModelFileError whose message names the problem (every word in it)."""
+    """Loading data raises ModelFileError whose message names the problem (every word in it),
+    and the Python reader (summary, the PyTorch rebuild) refuses the file too."""
     with pytest.raises(ModelFileError) as info:
         load(data)
+    with pytest.raises(ModelFileError, match="invalid model file"):
+        modelfile.from_bytes(data)
     msg = str(info.value).lower()
     for w in words:
         assert w.lower() in msg, f"{w!r} not in {msg!r}"
@@ -601,10 +604,17 @@ def test_fuzz_mutated_files_never_crash(mutations, resize, cut, extra, fix_crc, 
         data = bytearray(mf.fix_crc(data))
     data = bytes(data)
     try:
+        python_ops = modelfile.from_bytes(data)
+    except ModelFileError as e:
+        python_ops = e
+    try:
         engine = load(data)
     except ModelFileError as e:
         assert "invalid model file" in str(e)
+        # The two readers agree on what is a valid file.
+        assert isinstance(python_ops, ModelFileError), f"only the engine refuses it: {e}"
         return
+    assert not isinstance(python_ops, ModelFileError), f"only Python refuses it: {python_ops}"
     _check_run(engine, data)
 
 

@@ -16,3 +16,14 @@ def test_plot_runs_from_metrics_files(tmp_path):
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     with pytest.raises(SystemExit):
         plots.main(["--out", str(out), str(tmp_path / "a")])  # no NAME=
+
+
+def test_missing_run_folder_or_output_folder_is_a_usage_error(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        plots.main(["--out", str(tmp_path / "x.png"), f"A={tmp_path / 'nothing'}"])
+    assert "metrics.jsonl does not exist" in capsys.readouterr().err
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "metrics.jsonl").write_text(json.dumps({"epoch": 1, "test_acc": 0.5}) + "\n")
+    with pytest.raises(SystemExit):
+        plots.main(["--out", str(tmp_path / "nodir" / "x.png"), f"A={tmp_path / 'a'}"])
+    assert "nodir does not exist" in capsys.readouterr().err

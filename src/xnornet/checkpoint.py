@@ -17,7 +17,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from .errors import CheckpointError
-from .export import check_checkpoint_path
+from .export import check_checkpoint_path, not_a_checkpoint
 from .models import Trunk, TrunkConfig
 
 
@@ -60,7 +60,7 @@ def read_checkpoint(path) -> tuple[dict, dict, dict | None]:
             metadata = f.metadata() or {}
         meta = json.loads(metadata["xnornet"])
     except (SafetensorError, OSError, KeyError, json.JSONDecodeError) as e:
-        raise CheckpointError(f"{path} is not an xnornet checkpoint: {e}") from e
+        raise not_a_checkpoint(path, e) from e
     model_sd = {k[6:]: v for k, v in tensors.items() if k.startswith("model.")}
     optim_sd = None
     if "optim" in metadata:

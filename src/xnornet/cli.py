@@ -26,7 +26,10 @@ def _thread_counts(text: str) -> tuple[int, ...]:
 
 
 def _positive(text: str) -> int:
-    v = int(text)
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}") from None
     if v < 1:
         raise argparse.ArgumentTypeError(f"must be >= 1, got {v}")
     return v
@@ -35,6 +38,20 @@ def _positive(text: str) -> int:
 MODEL_CHOICES = list(MODEL_KINDS) + sorted(ALIASES)
 DATA_DIR_HELP = ("CIFAR-10 folder: cifar-10-batches-py/ or train/ and test/ image folders "
                  "(default: $XNORNET_DATA, else the user cache, downloaded there if absent)")
+
+
+def _refuse_unused(*given, reason: str, when: bool = True) -> None:
+    """Options that would be ignored are refused, not dropped: ``given`` holds (flag, value)
+    pairs, a value of None or False meaning the flag was not given."""
+    flags = [flag for flag, value in given if value not in (None, False)]
+    if when and flags:
+        raise ValueError(f"{', '.join(flags)}: not used here ({reason})")
+
+
+def _plot_formats() -> set[str]:
+    """File extensions matplotlib can write (savefig picks the format from the extension)."""
+    from matplotlib.backend_bases import FigureCanvasBase
+    return {"." + ext for ext in FigureCanvasBase.get_supported_filetypes()}
 
 
 def check_output_paths(**paths) -> None:
@@ -48,14 +65,19 @@ def check_output_paths(**paths) -> None:
             raise ValueError(f"{flag} {p}: is a folder; give a file name")
         if not p.parent.is_dir():
             raise ValueError(f"{flag} {p}: folder {p.parent} does not exist")
+        if option.endswith("plot") and p.suffix.lower() not in (formats := _plot_formats()):
+            raise ValueError(f"{flag} {p}: unknown image format {p.suffix or '(no extension)'!r}; "
+                             f"use one of {', '.join(sorted(formats))}")
 
 
-def _add_trunk_args(p):
+def _add_trunk_args(p, defaults: bool = True):
+    """--widths and --depths; defaults=False leaves them None when not given (the caller
+    fills in TrunkConfig's), so that a command can tell whether they were given."""
     from .config import TrunkConfig
     fmt = lambda v: ",".join(map(str, v))  # noqa: E731
-    p.add_argument("--widths", type=_ints, default=TrunkConfig.widths,
+    p.add_argument("--widths", type=_ints, default=TrunkConfig.widths if defaults else None,
                    help=f"channels per stage (default {fmt(TrunkConfig.widths)})")
-    p.add_argument("--depths", type=_ints, default=TrunkConfig.depths,
+    p.add_argument("--depths", type=_ints, default=TrunkConfig.depths if defaults else None,
                    help=f"blocks per stage (default {fmt(TrunkConfig.depths)})")
 
 
@@ -88,9 +110,10 @@ def add_train(sub):
                    "ignored when --resume finds a checkpoint")
     p.add_argument("--kd", action="store_true", help="distil from --teacher-path")
     p.add_argument("--teacher-path", help="checkpoint (model.safetensors) of the fp32 teacher")
-    p.add_argument("--kd-alpha", type=float, default=0.5,
-                   help="loss = a*CE + (1-a)*T^2*KL (default a=0.5)")
-    p.add_argument("--kd-temperature", type=float, default=3.0, help="KD temperature T (default 3)")
+    p.add_argument("--kd-alpha", type=float, default=None,
+                   help="with --kd: loss = a*CE + (1-a)*T^2*KL (default a=0.5)")
+    p.add_argument("--kd-temperature", type=float, default=None,
+                   help="with --kd: KD temperature T (default 3)")
     p.add_argument("--data-dir", help=DATA_DIR_HELP)
     p.add_argument("--out", default=None, help="output folder (default runs/<model>)")
     p.add_argument("--seed", type=int, default=0, help="default 0")
@@ -109,13 +132,16 @@ def add_train(sub):
 
 def run_train(a) -> int:
     from .train import TrainConfig, train
+    _refuse_unused(("--kd-alpha", a.kd_alpha), ("--kd-temperature", a.kd_temperature),
+                   reason="they set the distillation loss: add --kd", when=not a.kd)
+    kd_knobs = {k: v for k, v in (("kd_alpha", a.kd_alpha), ("kd_temperature", a.kd_temperature))
+                if v is not None}
     cfg = TrainConfig(model=a.model, epochs=a.epochs, lr=a.lr, optimizer=a.optimizer,
                       batch_size=a.batch_size, weight_decay=a.weight_decay,
                       warmup_epochs=a.warmup_epochs, label_smoothing=a.label_smoothing,
                       cutout=a.cutout, real_weights=a.real_weights, init_from=a.init_from, kd=a.kd,
-                      teacher_path=a.teacher_path, kd_alpha=a.kd_alpha,
-                      kd_temperature=a.kd_temperature, data_dir=a.data_dir,
-                      out=a.out or f"runs/{a.model}", seed=a.seed, subset=a.subset,
+                      teacher_path=a.teacher_path, **kd_knobs, data_dir=a.data_dir,
+                      out=a.out or f"runs/{ALIASES.get(a.model, a.model)}", seed=a.seed, subset=a.subset,
                       resume=a.resume, amp=a.amp, compile=a.compile, widths=a.widths,
                       depths=a.depths, progress=not a.no_progress)
     row = train(cfg)
@@ -148,6 +174,7 @@ def add_eval(sub):
                    "per-runtime accuracies, agreement and largest logit difference for --engine both")
     p.add_argument("--plot", help="write the confusion matrix (PNG) here (with --engine both: the "
                    "native engine's)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
 def _checkpoint_evaluator(a):
@@ -163,7 +190,7 @@ def _checkpoint_evaluator(a):
         preds, loss = predict(model, split, device, meta["mean"], meta["std"], a.batch_size)
         return {"accuracy": accuracy(split.labels, preds), "loss": loss, "checkpoint": str(a.checkpoint),
                 "model": meta["model_config"]["kind"], "engine": "torch"}, preds
-    return run
+    return run, meta.get("classes") or []
 
 
 def _model_file_runtimes(a) -> dict:
@@ -188,7 +215,9 @@ def _model_file_runtimes(a) -> dict:
 def _model_file_evaluator(a):
     import numpy as np
 
+    from . import modelfile as mf
     from .metrics import accuracy
+    classes = mf.class_names(mf.read_model(a.model_file))
     runtimes = _model_file_runtimes(a)
 
     def run(split):
@@ -196,7 +225,7 @@ def _model_file_evaluator(a):
         preds = {name: [] for name in runtimes}
         max_diff = 0.0
         for i in tqdm(range(0, len(split), a.batch_size), desc=f"eval ({a.engine})", unit="batch",
-                      leave=False):
+                      leave=False, disable=a.no_progress):
             outs = {name: f(split.images[i:i + a.batch_size]) for name, f in runtimes.items()}
             for name, out in outs.items():
                 preds[name].append(out.argmax(1))
@@ -212,7 +241,7 @@ def _model_file_evaluator(a):
             result["top1_agreement"] = accuracy(preds["torch"], preds["native"])
             result["max_abs_logit_diff"] = max_diff
         return result, preds[first]
-    return run
+    return run, classes
 
 
 def run_eval(a) -> int:
@@ -221,13 +250,16 @@ def run_eval(a) -> int:
         raise ValueError("--engine and --threads are for --model-file; a --checkpoint is "
                          "evaluated with PyTorch (export it to run the native engine)")
     a.engine = a.engine or "native"
+    _refuse_unused(("--threads", a.threads), reason="it sets the native engine's threads; "
+                   "PyTorch uses its own", when=a.engine == "torch")
     check_output_paths(json=a.json_out, plot=a.plot)
     if not a.checkpoint and not a.model_file:
         from .assets import shipped_model
         a.model_file = str(shipped_model())
     # Load the model before the data: a bad model file fails in a second, not after decoding.
-    evaluate = _checkpoint_evaluator(a) if a.checkpoint else _model_file_evaluator(a)
-    ds = xdata.load_cifar10(a.data_dir, test_only=True)
+    evaluate, classes = _checkpoint_evaluator(a) if a.checkpoint else _model_file_evaluator(a)
+    ds = xdata.load_cifar10(a.data_dir, test_only=True, progress=not a.no_progress)
+    _check_classes(list(classes), list(ds.classes))
     split = ds.test.head(a.subset)
     result, preds = evaluate(split)
     result.update(n=len(split), data=ds.source)
@@ -241,14 +273,26 @@ def run_eval(a) -> int:
               f"{result['max_abs_logit_diff']:.2e}")
     from .metrics import format_per_class
     print(format_per_class(result))
+    if a.json_out:
+        Path(a.json_out).write_text(json.dumps(result, indent=2) + "\n")
     if a.plot:
         from .plots import plot_confusion
         plot_confusion(result["confusion"], ds.classes, Path(a.plot),
                        f"{Path(what).name} ({result['engine']}), top-1 {100 * result['accuracy']:.2f}%")
         print(f"wrote {a.plot}")
-    if a.json_out:
-        Path(a.json_out).write_text(json.dumps(result, indent=2) + "\n")
     return 0
+
+
+def _check_classes(model: list[str], data: list[str]) -> None:
+    """Labels are class indices: the same names in another order would score right answers as
+    wrong (refused); other names may be a renaming, or another data set (said, not refused)."""
+    if not model or model == data:
+        return
+    if sorted(model) == sorted(data):
+        raise ValueError(f"the model's classes are the data set's in another order: {model} "
+                         f"vs {data}; accuracy would count right answers as wrong")
+    print(f"note: the model's classes {model} are not the data set's {data}; class i of the "
+          "model is scored as class i of the data", file=sys.stderr)
 
 
 def _per_class(classes, labels, preds) -> dict:
@@ -434,7 +478,7 @@ def run_predict(a) -> int:
         try:
             with Image.open(path) as im:
                 batch.append(np.asarray(im.convert("RGB").resize((w, h), Image.BILINEAR)))
-        except (OSError, UnidentifiedImageError) as e:
+        except (OSError, UnidentifiedImageError, Image.DecompressionBombError) as e:
             raise ValueError(f"cannot read image {path}: {e}") from None
     logits = engine.run(np.stack(batch))
     probs = np.exp(logits - logits.max(1, keepdims=True))
@@ -454,15 +498,18 @@ def add_summary(sub):
     p = sub.add_parser("summary", help="per-layer table: params, bits, memory, MACs",
                        description="Per-layer table of a model (by name, or a checkpoint's; needs "
                        "torch) or of a packed model file (numpy only).")
-    p.add_argument("--model", choices=MODEL_CHOICES, default="bireal")
+    p.add_argument("--model", choices=MODEL_CHOICES, default=None, help="default bireal")
     src = p.add_mutually_exclusive_group()
     src.add_argument("--checkpoint", help="summarize this checkpoint's model instead")
     src.add_argument("--model-file", help="summarize this packed model file (.xnor) instead: ops, "
                      "shapes, bytes, MACs, class names")
-    _add_trunk_args(p)
+    _add_trunk_args(p, defaults=False)
 
 
 def run_summary(a) -> int:
+    _refuse_unused(("--model", a.model), ("--widths", a.widths), ("--depths", a.depths),
+                   reason="the network is the one in the given file",
+                   when=bool(a.checkpoint or a.model_file))
     if a.model_file:
         from .filesummary import format_model_file
         print(format_model_file(a.model_file))
@@ -473,7 +520,9 @@ def run_summary(a) -> int:
         from .checkpoint import load_model
         model, _ = load_model(a.checkpoint)
     else:
-        model = build_model(a.model, widths=a.widths, depths=a.depths)
+        from .config import TrunkConfig
+        model = build_model(a.model or "bireal", widths=a.widths or TrunkConfig.widths,
+                            depths=a.depths or TrunkConfig.depths)
     print(format_summary(model, f"model: {model.config.kind}  widths {model.config.widths}  "
                                 f"depths {model.config.depths}"))
     return 0

@@ -224,6 +224,11 @@ def _list_folder(split_dir: Path, classes: list[str]) -> list[tuple[Path, int]]:
                             f"has classes {classes})")
         files = sorted(p for p in (split_dir / name).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
         per_class.append([(p, label) for p in files])
+    extra = sorted(p.name for p in split_dir.iterdir() if p.is_dir() and p.name not in classes)
+    if extra:
+        # Their images would be silently left out, and an accuracy on the rest misleads.
+        raise DataError(f"{split_dir} has class folders {extra} that {split_dir.parent / 'train'} "
+                        f"lacks (classes: {classes})")
     out = []
     for k in range(max((len(f) for f in per_class), default=0)):
         out.extend(f[k] for f in per_class if k < len(f))
@@ -240,7 +245,7 @@ def _decode(files: list[tuple[Path, int]], desc: str, progress: bool) -> Split:
         try:
             with Image.open(path) as im:
                 arr = np.asarray(im.convert("RGB"))
-        except OSError as e:
+        except (OSError, Image.DecompressionBombError) as e:
             raise DataError(f"cannot decode image {path}: {e}") from e
         if arr.shape != (32, 32, 3):
             raise DataError(f"{path}: expected a 32x32 image, got {arr.shape[1]}x{arr.shape[0]}")
@@ -263,6 +268,9 @@ def load_image_folder(root: Path, progress: bool = True,
     cached = cache_dir() / "decoded" / h.hexdigest()[:24]
     splits = {"train": _empty_split()}
     for s in ("test",) if test_only else ("train", "test"):
+        if not listing[s]:
+            raise DataError(f"{root / s} holds no images ({', '.join(IMAGE_SUFFIXES)} files "
+                            f"in its class folders)")
         x_path, y_path = cached / f"{s}_images.npy", cached / f"{s}_labels.npy"
         if x_path.is_file() and y_path.is_file():
             splits[s] = Split(np.load(x_path), np.load(y_path))

@@ -43,8 +43,15 @@ def read_checkpoint_np(path) -> tuple[dict[str, np.ndarray], dict]:
             meta = json.loads((f.metadata() or {})["xnornet"])
             weights = {k[6:]: f.get_tensor(k) for k in f.keys() if k.startswith("model.")}
     except (SafetensorError, OSError, KeyError, json.JSONDecodeError) as e:
-        raise CheckpointError(f"{path} is not an xnornet checkpoint: {e}") from e
+        raise not_a_checkpoint(path, e) from e
     return weights, meta
+
+
+def not_a_checkpoint(path, e: Exception) -> CheckpointError:
+    """The error for a file that safetensors cannot read, or that lacks our metadata."""
+    why = ("no xnornet metadata (a safetensors file not written by `xnornet train`)"
+           if isinstance(e, KeyError) else str(e))
+    return CheckpointError(f"{path} is not an xnornet checkpoint: {why}")
 
 
 def _bn(w, prefix):

@@ -179,8 +179,11 @@ def from_bytes(data: bytes, source: str = "model") -> list[Op]:
         if kind not in _N_PARAMS:
             fail(f"op {i}: unknown op kind {kind}")
         ops.append(Op(kind, list(params[:n_params]), tensors[first:first + count]))
+    for i, op in enumerate(ops):
+        _check_op(op, lambda msg, i=i: fail(f"op {i}: {msg}"))
+    _check_graph(ops, fail)
     head = ops[-1]
-    if head.kind == HEAD and len(head.tensors) > 4 and len(head.params) > 1:
+    if head.kind == HEAD:
         try:  # strict UTF-8, as the engine: no overlong forms, no surrogates
             n_names = len(class_names(ops))
         except UnicodeDecodeError as e:
@@ -189,6 +192,83 @@ def from_bytes(data: bytes, source: str = "model") -> list[Op]:
             fail(f"class names do not match the classifier's outputs ({n_names} names, "
                  f"{head.params[1]} classes)")
     return ops
+
+
+# The engine's rules (csrc/core/model_file.cpp, validate_op and validate_graph), so that the
+# Python readers (summary, the PyTorch rebuild) refuse what the engine refuses, with a message
+# rather than a ZeroDivisionError or an IndexError deep inside.
+_N_TENSORS = {INPUT: 2, CONV_FP: 3, BCONV: 5, HEAD: 5}
+_MAX_CHANNELS = 1 << 16
+
+
+def _check_conv_params(params, fail) -> None:
+    cin, cout, k, stride, pad, _relu, residual = params
+    if not (1 <= cin <= _MAX_CHANNELS and 1 <= cout <= _MAX_CHANNELS):
+        fail("channels out of range")
+    if not (1 <= k <= 7 and 1 <= stride <= 4 and 0 <= pad < k):
+        fail("kernel/stride/pad out of range")
+    if residual not in (RES_NONE, RES_IDENTITY, RES_DOWNSAMPLE):
+        fail("unknown residual kind")
+    if residual != RES_NONE and 2 * pad != k - 1:
+        fail("a shortcut needs 'same' padding (2*pad == k-1)")
+    if residual == RES_IDENTITY and (cin != cout or stride != 1):
+        fail("identity shortcut needs cin == cout and stride 1")
+    if residual == RES_DOWNSAMPLE and cout % cin:
+        fail("downsample shortcut needs cout a multiple of cin")
+
+
+def _check_op(op: Op, fail) -> None:
+    """One op's parameters and tensors (dtype and shape), as the engine checks them."""
+    if len(op.tensors) != _N_TENSORS[op.kind]:
+        fail(f"expected {_N_TENSORS[op.kind]} tensors, got {len(op.tensors)}")
+    f32, u64 = np.dtype("<f4"), np.dtype("<u8")
+    if op.kind == INPUT:
+        h, w, c = op.params
+        if not (1 <= h <= 4096 and 1 <= w <= 4096 and 1 <= c <= 64):
+            fail("input size out of range")
+        expected = [(f32, (c,)), (f32, (c,))]
+    elif op.kind in (CONV_FP, BCONV):
+        _check_conv_params(op.params, fail)
+        cin, cout, k = op.params[:3]
+        if op.kind == CONV_FP:
+            expected = [(f32, (cout, k, k, cin)), (f32, (cout,)), (f32, (cout,))]
+        else:
+            expected = [(f32, (cin,)), (f32, (cin,)), (u64, (cout, k, k, (cin + 63) // 64)),
+                        (f32, (cout,)), (f32, (cout,))]
+    else:
+        cin, classes = op.params
+        if not (1 <= cin <= _MAX_CHANNELS and 1 <= classes <= _MAX_CHANNELS):
+            fail("head sizes out of range")
+        expected = [(f32, (cin,)), (f32, (cin,)), (f32, (classes, cin)), (f32, (classes,))]
+        names = op.tensors[4]
+        if names.dtype != np.uint8 or names.ndim != 1:
+            fail("class names must be a 1-d u8 tensor")
+    for j, (dtype, shape) in enumerate(expected):
+        t = op.tensors[j]
+        if t.dtype != dtype or t.shape != shape:
+            fail(f"tensor {j}: expected {dtype.name}{list(shape)}, got {t.dtype.name}{list(t.shape)}")
+    if op.kind == INPUT and not (op.tensors[1] > 0).all():
+        fail("input std must be > 0")
+    if op.kind == BCONV and op.params[0] % 64:
+        junk = np.uint64(~((1 << (op.params[0] % 64)) - 1) & (2**64 - 1))
+        if (op.tensors[2][..., -1] & junk).any():  # the kernels rely on zeros there
+            fail("packed weight has bits set past cin")
+
+
+def _check_graph(ops: list[Op], fail) -> None:
+    """Input first, head last, and each op takes the channels the previous one gives."""
+    if len(ops) == 1 and ops[0].kind == INPUT:
+        fail("no compute op after the input op")
+    channels = None
+    for i, op in enumerate(ops):
+        if op.kind == INPUT and i != 0:
+            fail(f"op {i}: input op must come first")
+        if op.kind == HEAD and i != len(ops) - 1:
+            fail(f"op {i}: head must be last")
+        cin = op.params[2] if op.kind == INPUT else op.params[0]
+        if op.kind != INPUT and channels is not None and cin != channels:
+            fail(f"op {i}: expects {cin} channels, previous op gives {channels}")
+        channels = op.params[2] if op.kind == INPUT else op.params[1]
 
 
 def read_model(path) -> list[Op]:

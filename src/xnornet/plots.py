@@ -88,8 +88,12 @@ def main(argv=None) -> int:
         name, sep, folder = spec.partition("=")
         if not sep:
             ap.error(f"expected NAME=RUN_DIR, got {spec!r}")
-        lines = (Path(folder) / "metrics.jsonl").read_text().splitlines()
-        runs[name] = [json.loads(line) for line in lines if line.strip()]
+        metrics = Path(folder) / "metrics.jsonl"
+        if not metrics.is_file():
+            ap.error(f"{name}: {metrics} does not exist (RUN_DIR is a `xnornet train --out` folder)")
+        runs[name] = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
+    if not Path(a.out).parent.is_dir():
+        ap.error(f"--out {a.out}: folder {Path(a.out).parent} does not exist")
     plot_runs(runs, Path(a.out), a.title)
     return 0
 

@@ -77,6 +77,15 @@ class TrainConfig:
             raise ValueError("--kd-alpha must be in [0, 1] and --kd-temperature > 0")
         if self.epochs < 1 or self.batch_size < 1:
             raise ValueError("--epochs and --batch-size must be >= 1")
+        # Checked here, not by torch at the first step after minutes of data loading.
+        if not self.lr > 0:
+            raise ValueError(f"--lr must be > 0, got {self.lr}")
+        if self.weight_decay is not None and not self.weight_decay >= 0:
+            raise ValueError(f"--weight-decay must be >= 0, got {self.weight_decay}")
+        if not 0.0 <= self.label_smoothing < 1.0:
+            raise ValueError(f"--label-smoothing must be in [0, 1), got {self.label_smoothing}")
+        if not self.warmup_epochs >= 0:
+            raise ValueError(f"--warmup-epochs must be >= 0, got {self.warmup_epochs}")
         if self.cutout < 0:
             raise ValueError(f"--cutout must be >= 0 (0: off), got {self.cutout}")
         if self.real_weights and not binary:
