@@ -309,3 +309,12 @@ def test_whole_number_options_say_what_they_expect(capsys):
         cli.build_parser().parse_args(["eval", "--subset", "abc"])
     err = capsys.readouterr().err
     assert "expected a whole number >= 1, got 'abc'" in err and "_positive" not in err
+
+
+def test_train_alias_writes_to_the_models_own_folder(monkeypatch):
+    """`--model baseline` trains fp32, so its default output folder is runs/fp32."""
+    import xnornet.train as xtrain
+    seen = []
+    monkeypatch.setattr(xtrain, "train", lambda cfg: seen.append(cfg) or None)
+    assert cli.main(["train", "--model", "baseline", "--epochs", "1"]) == 0
+    assert seen[0].model == "fp32" and seen[0].out == "runs/fp32"

@@ -221,7 +221,7 @@ def _check_op(op: Op, fail) -> None:
     """One op's parameters and tensors (dtype and shape), as the engine checks them."""
     if len(op.tensors) != _N_TENSORS[op.kind]:
         fail(f"expected {_N_TENSORS[op.kind]} tensors, got {len(op.tensors)}")
-    f32, u64 = np.dtype("<f4"), np.dtype("<u8")
+    f32, u64 = _DTYPES[1], _DTYPES[2]
     if op.kind == INPUT:
         h, w, c = op.params
         if not (1 <= h <= 4096 and 1 <= w <= 4096 and 1 <= c <= 64):
@@ -265,10 +265,13 @@ def _check_graph(ops: list[Op], fail) -> None:
             fail(f"op {i}: input op must come first")
         if op.kind == HEAD and i != len(ops) - 1:
             fail(f"op {i}: head must be last")
-        cin = op.params[2] if op.kind == INPUT else op.params[0]
-        if op.kind != INPUT and channels is not None and cin != channels:
+        if op.kind == INPUT:
+            channels = op.params[2]
+            continue
+        cin, cout = op.params[:2]
+        if channels is not None and cin != channels:
             fail(f"op {i}: expects {cin} channels, previous op gives {channels}")
-        channels = op.params[2] if op.kind == INPUT else op.params[1]
+        channels = cout
 
 
 def read_model(path) -> list[Op]:
