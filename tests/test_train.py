@@ -401,11 +401,12 @@ def test_partial_python_layout_warns(separable_data, recwarn):
     assert any("data_batch_2" in str(w.message) and "1 of 5" in str(w.message) for w in caught)
 
 
-def test_compile_auto_is_cpu_only_and_skips_smoke_runs():
+def test_compile_auto_compiles_full_runs_and_skips_smoke_runs():
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
     assert should_compile(TrainConfig(compile="auto"), cpu)
     assert not should_compile(TrainConfig(compile="auto", subset=100), cpu)
-    assert not should_compile(TrainConfig(compile="auto"), cuda)  # eager until re-checked on a GPU
+    assert should_compile(TrainConfig(compile="auto"), cuda)  # re-checked by tests/test_cuda.py
+    assert not should_compile(TrainConfig(compile="auto", subset=100), cuda)
     assert should_compile(TrainConfig(compile="on"), cuda)
     assert not should_compile(TrainConfig(compile="off"), cpu)
     with pytest.raises(ValueError, match="--compile"):

@@ -124,8 +124,8 @@ def add_train(sub):
     p.add_argument("--amp", choices=["auto", "bf16", "off"], default="auto",
                    help="bfloat16 autocast; auto = where the CPU/GPU supports bf16 natively")
     p.add_argument("--compile", choices=["auto", "on", "off"], default="auto",
-                   help="torch.compile the model; auto = on for CPU training unless --subset "
-                   "(CUDA runs eager unless --compile on)")
+                   help="torch.compile the model; auto = on unless --subset (a smoke run does "
+                   "not pay for compiling)")
     _add_trunk_args(p)
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
