@@ -330,13 +330,16 @@ class Spy(real_ddp):
         super().__init__(module, *args, **kwargs)
         nets.append(module)
 torch.nn.parallel.DistributedDataParallel = Spy
+dist.init_process_group("gloo")  # ours, so train() leaves it up for the check below
 assert cli.main(["train", *sys.argv[1:]]) == 0
+assert dist.is_initialized()
 assert len(nets) == 1, "the model was not wrapped in DistributedDataParallel"
 mine = torch.cat([p.detach().flatten().double() for p in nets[0].parameters()])
 every = [torch.empty_like(mine) for _ in range(dist.get_world_size())]
 dist.all_gather(every, mine)
 assert all(torch.equal(every[0], w) for w in every), "ranks hold different weights"
 print("ranks agree on", mine.numel(), "weights")
+dist.destroy_process_group()
 """
 
 
@@ -355,6 +358,30 @@ def test_ddp_two_processes_on_cpu(separable_data, tmp_path):
     _, meta, _ = read_checkpoint(out / "checkpoint.safetensors")
     assert meta["world_size"] == 2 and meta["epoch"] == 2
     assert meta["history"][-1]["test_acc"] > 0.3
+
+
+_DDP_OWNED_DRIVER = """
+import sys
+import torch.distributed as dist
+from xnornet import cli
+assert cli.main(["train", *sys.argv[1:]]) == 0
+assert not dist.is_initialized(), "train() left its process group up"
+print("group torn down")
+"""
+
+
+def test_ddp_train_tears_down_the_group_it_created(separable_data, tmp_path):
+    """Under torchrun `xnornet train` creates the process group and must destroy it: a gloo group
+    alive at interpreter exit can abort the process after a finished run."""
+    driver = tmp_path / "owned_driver.py"
+    driver.write_text(_DDP_OWNED_DRIVER)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           str(driver), "--model", "xnor", "--epochs", "1", "--batch-size", "50", "--subset", "200",
+           "--widths", "16,32", "--depths", "1,1", "--data-dir", str(separable_data),
+           "--out", str(tmp_path / "ddp"), "--compile", "off", "--amp", "off", "--no-progress"]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=_env())
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert r.stdout.count("group torn down") == 2, r.stdout
 
 
 def test_cli_eval_writes_json_and_bad_input_is_a_clear_error(separable_data, tmp_path, capsys):

@@ -259,6 +259,19 @@ def _check_before_data(cfg: TrainConfig) -> None:
 
 
 def train(cfg: TrainConfig) -> dict:
+    """Runs the training; -> the last epoch's metrics. Under torchrun it joins the process group
+    (or uses the caller's, if one is already set up) and leaves a group it created torn down."""
+    owns_group = int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized()
+    try:
+        return _train(cfg)
+    finally:
+        # A gloo group still alive at interpreter exit can abort the process ("terminate called
+        # without an active exception", seen in CI) after the run has finished and saved.
+        if owns_group and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def _train(cfg: TrainConfig) -> dict:
     rank, world, device = setup_distributed()
     main = rank == 0
     out = Path(cfg.out)
