@@ -232,6 +232,16 @@ static inline void dot_pixel(const Layer& L, const int32_t* __restrict d, int oy
     const int32_t off = L.valid_taps[cls] * op.cin - op.k * op.k * op.cin;
     const float* __restrict scale = op.tensors[3].f32();
     const float* __restrict bias = op.tensors[4].f32();
+    if (L.valid_taps[cls] == op.k * op.k) {  // interior pixel: no border correction (inv = off = 0)
+        if (add_x) {
+#pragma omp simd
+            for (int o = 0; o < op.cout; ++o) y[o] = (float(d[o]) * scale[o] + bias[o]) + y[o];
+        } else {
+#pragma omp simd
+            for (int o = 0; o < op.cout; ++o) y[o] = float(d[o]) * scale[o] + bias[o];
+        }
+        return;
+    }
     if (add_x) {
 #pragma omp simd
         for (int o = 0; o < op.cout; ++o) y[o] = (float(d[o] + 2 * inv[o] + off) * scale[o] + bias[o]) + y[o];
