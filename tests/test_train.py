@@ -200,6 +200,35 @@ def test_resume_gives_the_same_weights_as_an_uninterrupted_run(separable_data, t
     assert meta_a["history"][1]["test_acc"] == meta_b["history"][1]["test_acc"]
 
 
+def test_resume_falls_back_to_the_model_file_without_the_checkpoint(separable_data, tmp_path,
+                                                                   monkeypatch, capsys):
+    """Where only model.safetensors survived (the checkpoint, with the optimizer state, is 3x its
+    size), --resume continues from it: weights, epoch and history kept, optimizer afresh, a warning."""
+    import xnornet.train as xtrain
+    real_write = xtrain.write_metrics
+    def crash_after_first_epoch(out, history):
+        real_write(out, history)
+        raise KeyboardInterrupt
+    monkeypatch.setattr(xtrain, "write_metrics", crash_after_first_epoch)
+    with pytest.raises(KeyboardInterrupt):
+        train(_cfg(separable_data, tmp_path, epochs=2))
+    monkeypatch.setattr(xtrain, "write_metrics", real_write)
+    (tmp_path / "checkpoint.safetensors").unlink()
+    epoch1, meta1, _ = read_checkpoint(tmp_path / "model.safetensors")
+    capsys.readouterr()
+    train(_cfg(separable_data, tmp_path, epochs=2, resume=True))
+    out, err = capsys.readouterr()
+    assert f"resuming {tmp_path / 'model.safetensors'} after epoch 1" in out
+    assert "optimizer state starts afresh" in err
+    _, meta, optim = read_checkpoint(tmp_path / "checkpoint.safetensors")
+    assert meta["epoch"] == 2 and meta["history"][0] == meta1["history"][0] and optim is not None
+    weights, _, _ = read_checkpoint(tmp_path / "model.safetensors")
+    assert any(not torch.equal(epoch1[k], weights[k]) for k in weights)  # it trained on from there
+    with pytest.raises(ValueError, match="cannot resume .*model.safetensors with different epochs"):
+        (tmp_path / "checkpoint.safetensors").unlink()
+        train(_cfg(separable_data, tmp_path, epochs=3, resume=True))
+
+
 def test_resume_refuses_another_model(separable_data, tmp_path):
     train(_cfg(separable_data, tmp_path, epochs=1))
     with pytest.raises(ValueError, match="--resume"):

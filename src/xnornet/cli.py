@@ -120,7 +120,8 @@ def add_train(sub):
     p.add_argument("--subset", type=_positive, default=None,
                    help="use only the first N training and N test images (smoke runs)")
     p.add_argument("--resume", action="store_true",
-                   help="continue from <out>/checkpoint.safetensors if it exists")
+                   help="continue from <out>/checkpoint.safetensors if it exists, else from "
+                   "<out>/model.safetensors (optimizer state afresh, with a warning)")
     p.add_argument("--amp", choices=["auto", "bf16", "off"], default="auto",
                    help="bfloat16 autocast; auto = where the CPU/GPU supports bf16 natively")
     p.add_argument("--compile", choices=["auto", "on", "off"], default="auto",

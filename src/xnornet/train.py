@@ -14,6 +14,7 @@ import csv
 import json
 import math
 import os
+import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -252,10 +253,22 @@ def _check_before_data(cfg: TrainConfig) -> None:
     out = Path(cfg.out)
     if out.exists() and not out.is_dir():
         raise ValueError(f"--out {out} is a file; give a folder for the run")
-    resuming = cfg.resume and (out / "checkpoint.safetensors").is_file()  # --init-from unused then
+    resuming = resume_source(cfg) is not None  # --init-from unused then
     for path in (cfg.teacher_path, None if resuming else cfg.init_from):
         if path:
             check_checkpoint_path(Path(path))
+
+
+def resume_source(cfg: TrainConfig) -> Path | None:
+    """What --resume continues from: <out>/checkpoint.safetensors (weights and optimizer state),
+    else <out>/model.safetensors (weights, epoch and history; written after every epoch too, and
+    small enough to survive where the checkpoint was not kept), else nothing (a fresh start)."""
+    if not cfg.resume:
+        return None
+    for name in ("checkpoint.safetensors", "model.safetensors"):
+        if (Path(cfg.out) / name).is_file():
+            return Path(cfg.out) / name
+    return None
 
 
 def train(cfg: TrainConfig) -> dict:
@@ -294,11 +307,12 @@ def _train(cfg: TrainConfig) -> dict:
     optimizer = make_optimizer(model, cfg)
     history: list[dict] = []
     start_epoch = 0
-    if cfg.resume and ckpt_path.is_file():
-        model_sd, meta, optim_sd = read_checkpoint(ckpt_path)
+    resume_from = resume_source(cfg)
+    if resume_from is not None:
+        model_sd, meta, optim_sd = read_checkpoint(resume_from)
         # (through TrunkConfig: checkpoints from before a config field get its default)
         if TrunkConfig(**meta["model_config"]).to_dict() != model.config.to_dict():
-            raise ValueError(f"{ckpt_path} holds a {meta['model_config']} model, not the requested "
+            raise ValueError(f"{resume_from} holds a {meta['model_config']} model, not the requested "
                              f"{model.config.to_dict()}; use another --out or drop --resume")
         # The LR schedule and the data order depend on these: resuming with others would jump.
         saved = meta["train_config"]
@@ -307,13 +321,18 @@ def _train(cfg: TrainConfig) -> dict:
         if saved.get("cutout", 0) != cfg.cutout:  # (checkpoints from before --cutout: 0)
             changed.append("cutout")
         if changed:
-            raise ValueError(f"cannot resume {ckpt_path} with different {', '.join(changed)}; "
+            raise ValueError(f"cannot resume {resume_from} with different {', '.join(changed)}; "
                              "use the original settings or another --out")
         model.load_state_dict(model_sd)
-        optimizer.load_state_dict(optim_sd)
+        if optim_sd is not None:
+            optimizer.load_state_dict(optim_sd)
         history, start_epoch = meta["history"], meta["epoch"]
         if main:
-            print(f"resuming {ckpt_path} after epoch {start_epoch}")
+            print(f"resuming {resume_from} after epoch {start_epoch}")
+            if optim_sd is None:
+                print(f"warning: no {ckpt_path.name} in {out}: the optimizer state starts afresh (the "
+                      "weights, epoch and schedule continue), so the result differs slightly from "
+                      "an uninterrupted run", file=sys.stderr)
     elif cfg.init_from:
         note = init_from_checkpoint(model, cfg.init_from)
         if main:
