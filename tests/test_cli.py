@@ -169,13 +169,25 @@ def test_write_model_refuses_what_readers_refuse(ckpt, tmp_path):
 
 
 def test_train_resume_does_not_need_the_init_checkpoint(tmp_path):
-    """--init-from is ignored when --resume finds a checkpoint: its file may be gone by then."""
+    """--init-from is ignored when --resume finds a checkpoint: its file may be gone by then.
+    The checkpoint itself is checked up front (a broken one: a clear error before any data)."""
+    from dataclasses import asdict
+
+    from xnornet.checkpoint import save_checkpoint
+    from xnornet.models import build_model
     from xnornet.train import _check_before_data
     out = tmp_path / "stage2"
     out.mkdir()
-    (out / "checkpoint.safetensors").write_bytes(b"")
     gone = str(tmp_path / "stage1" / "model.safetensors")
-    _check_before_data(TrainConfig(out=str(out), resume=True, init_from=gone))
+    cfg = TrainConfig(out=str(out), resume=True, init_from=gone)
+    model = build_model(cfg.model)
+    save_checkpoint(out / "checkpoint.safetensors", model,
+                    {"model_config": model.config.to_dict(), "train_config": asdict(cfg),
+                     "world_size": 1, "history": [], "epoch": 1})
+    _check_before_data(cfg)
+    (out / "checkpoint.safetensors").write_bytes(b"")
+    with pytest.raises(CheckpointError, match="not an xnornet checkpoint"):
+        _check_before_data(cfg)
     with pytest.raises(CheckpointError, match="does not exist"):
         _check_before_data(TrainConfig(out=str(out), init_from=gone))
     (tmp_path / "a-file").write_bytes(b"")

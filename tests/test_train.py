@@ -219,14 +219,20 @@ def test_resume_falls_back_to_the_model_file_without_the_checkpoint(separable_da
     train(_cfg(separable_data, tmp_path, epochs=2, resume=True))
     out, err = capsys.readouterr()
     assert f"resuming {tmp_path / 'model.safetensors'} after epoch 1" in out
-    assert "optimizer state starts afresh" in err
+    assert "optimizer state starts afresh" in err and "% of the peak learning rate" in err
     _, meta, optim = read_checkpoint(tmp_path / "checkpoint.safetensors")
     assert meta["epoch"] == 2 and meta["history"][0] == meta1["history"][0] and optim is not None
     weights, _, _ = read_checkpoint(tmp_path / "model.safetensors")
     assert any(not torch.equal(epoch1[k], weights[k]) for k in weights)  # it trained on from there
+    (tmp_path / "checkpoint.safetensors").unlink()
+    # Refused before any data is read (the data folder here does not exist).
     with pytest.raises(ValueError, match="cannot resume .*model.safetensors with different epochs"):
-        (tmp_path / "checkpoint.safetensors").unlink()
-        train(_cfg(separable_data, tmp_path, epochs=3, resume=True))
+        train(_cfg(tmp_path / "no-data", tmp_path, epochs=3, resume=True))
+    # A model file that `xnornet train` did not write: a clear error, not a KeyError.
+    model = build_model("bireal", widths=(16, 32), depths=(1, 1))
+    save_checkpoint(tmp_path / "model.safetensors", model, {"model_config": model.config.to_dict()})
+    with pytest.raises(ValueError, match="not written by `xnornet train`"):
+        train(_cfg(tmp_path / "no-data", tmp_path, epochs=2, resume=True))
 
 
 def test_resume_refuses_another_model(separable_data, tmp_path):
@@ -339,7 +345,7 @@ def test_config_errors():
 
 
 def _env():
-    env = dict(os.environ, OMP_NUM_THREADS="1")
+    env = dict(os.environ, OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="")  # DDP tests: gloo on CPU
     env.pop("XNORNET_DATA", None)
     return env
 

@@ -107,7 +107,7 @@ def add_train(sub):
                    "--init-from <stage 1>/model.safetensors")
     p.add_argument("--init-from", metavar="CHECKPOINT",
                    help="start from this checkpoint's weights (same network) instead of at random; "
-                   "ignored when --resume finds a checkpoint")
+                   "ignored when --resume finds a run to continue")
     p.add_argument("--kd", action="store_true", help="distil from --teacher-path")
     p.add_argument("--teacher-path", help="checkpoint (model.safetensors) of the fp32 teacher")
     p.add_argument("--kd-alpha", type=float, default=None,

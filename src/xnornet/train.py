@@ -253,8 +253,11 @@ def _check_before_data(cfg: TrainConfig) -> None:
     out = Path(cfg.out)
     if out.exists() and not out.is_dir():
         raise ValueError(f"--out {out} is a file; give a folder for the run")
-    resuming = resume_source(cfg) is not None  # --init-from unused then
-    for path in (cfg.teacher_path, None if resuming else cfg.init_from):
+    resume_from = resume_source(cfg)  # --init-from unused when there is one
+    if resume_from is not None:
+        check_resumable(resume_from, read_checkpoint(resume_from)[1], cfg,
+                        int(os.environ.get("WORLD_SIZE", "1")))
+    for path in (cfg.teacher_path, None if resume_from else cfg.init_from):
         if path:
             check_checkpoint_path(Path(path))
 
@@ -271,17 +274,51 @@ def resume_source(cfg: TrainConfig) -> Path | None:
     return None
 
 
+_RESUME_KEYS = ("model_config", "train_config", "world_size", "history", "epoch")
+
+
+def check_resumable(path: Path, meta: dict, cfg: TrainConfig, world: int) -> None:
+    """Refuse a file --resume cannot continue: not from `xnornet train`, or other settings that the
+    LR schedule and the data order depend on (resuming with others would jump)."""
+    missing = [k for k in _RESUME_KEYS if k not in meta]
+    if missing:
+        raise ValueError(f"cannot resume {path}: its metadata has no {', '.join(missing)} (not written "
+                         "by `xnornet train`); use another --out or drop --resume")
+    want = TrunkConfig(kind=cfg.model, widths=cfg.widths, depths=cfg.depths,
+                       binary_weights=not cfg.real_weights).to_dict()
+    try:  # (through TrunkConfig: checkpoints from before a config field get its default)
+        have = TrunkConfig(**meta["model_config"]).to_dict()
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"cannot resume {path}: unreadable model config ({e})") from e
+    if any(have[k] != want[k] for k in want if k != "num_classes"):  # (classes: from the data)
+        raise ValueError(f"{path} holds a {have} model, not the requested {want}; use another "
+                         "--out or drop --resume")
+    saved = meta["train_config"]
+    changed = [k for k in ("epochs", "batch_size", "seed", "lr", "optimizer")
+               if saved.get(k) != getattr(cfg, k)] + (["world size"] if meta["world_size"] != world else [])
+    if saved.get("cutout", 0) != cfg.cutout:  # (checkpoints from before --cutout: 0)
+        changed.append("cutout")
+    if changed:
+        raise ValueError(f"cannot resume {path} with different {', '.join(changed)}; "
+                         "use the original settings or another --out")
+
+
 def train(cfg: TrainConfig) -> dict:
     """Runs the training; -> the last epoch's metrics. Under torchrun it joins the process group
     (or uses the caller's, if one is already set up) and leaves a group it created torn down."""
     owns_group = int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized()
+    # A gloo group still alive at interpreter exit can abort the process ("terminate called
+    # without an active exception", seen in CI) after the run has finished and saved.
     try:
-        return _train(cfg)
-    finally:
-        # A gloo group still alive at interpreter exit can abort the process ("terminate called
-        # without an active exception", seen in CI) after the run has finished and saved.
+        result = _train(cfg)
+    except BaseException:
         if owns_group and dist.is_initialized():
-            dist.destroy_process_group()
+            with contextlib.suppress(Exception):  # the run's own error is the one to report
+                dist.destroy_process_group()
+        raise
+    if owns_group and dist.is_initialized():
+        dist.destroy_process_group()
+    return result
 
 
 def _train(cfg: TrainConfig) -> dict:
@@ -310,19 +347,11 @@ def _train(cfg: TrainConfig) -> dict:
     resume_from = resume_source(cfg)
     if resume_from is not None:
         model_sd, meta, optim_sd = read_checkpoint(resume_from)
+        check_resumable(resume_from, meta, cfg, world)
         # (through TrunkConfig: checkpoints from before a config field get its default)
         if TrunkConfig(**meta["model_config"]).to_dict() != model.config.to_dict():
             raise ValueError(f"{resume_from} holds a {meta['model_config']} model, not the requested "
                              f"{model.config.to_dict()}; use another --out or drop --resume")
-        # The LR schedule and the data order depend on these: resuming with others would jump.
-        saved = meta["train_config"]
-        changed = [k for k in ("epochs", "batch_size", "seed", "lr", "optimizer")
-                   if saved.get(k) != getattr(cfg, k)] + (["world size"] if meta["world_size"] != world else [])
-        if saved.get("cutout", 0) != cfg.cutout:  # (checkpoints from before --cutout: 0)
-            changed.append("cutout")
-        if changed:
-            raise ValueError(f"cannot resume {resume_from} with different {', '.join(changed)}; "
-                             "use the original settings or another --out")
         model.load_state_dict(model_sd)
         if optim_sd is not None:
             optimizer.load_state_dict(optim_sd)
@@ -330,9 +359,11 @@ def _train(cfg: TrainConfig) -> dict:
         if main:
             print(f"resuming {resume_from} after epoch {start_epoch}")
             if optim_sd is None:
+                lr_now = meta["history"][-1]["lr"] if meta["history"] else cfg.lr
                 print(f"warning: no {ckpt_path.name} in {out}: the optimizer state starts afresh (the "
-                      "weights, epoch and schedule continue), so the result differs slightly from "
-                      "an uninterrupted run", file=sys.stderr)
+                      f"weights, epoch and schedule continue, at {lr_now:.3g} = {lr_now / cfg.lr:.1%} "
+                      "of the peak learning rate), so the result differs from an uninterrupted run: "
+                      "little late in the schedule, more early on", file=sys.stderr)
     elif cfg.init_from:
         note = init_from_checkpoint(model, cfg.init_from)
         if main:
