@@ -251,6 +251,40 @@ static inline void dot_pixel(const Layer& L, const int32_t* __restrict d, int oy
     }
 }
 
+// Interior pixel of a downsampling layer (average-pooled shortcut, channels repeated), no ReLU,
+// cin % 16 == 0, a next binary conv: y = (D * scale + bias) + window_sum * (1/s^2), stored and
+// packed in one pass; the same float operations in the same order as dot_pixel + add_shortcut +
+// pack_pixel (window summed in (dy, dx) order from 0).
+static inline void dot_pool_pack_interior(const Layer& L, const LayerIO& io, int img, int oy, int ox,
+                                          const int32_t* __restrict d, float* __restrict y,
+                                          uint64_t* __restrict packed) {
+    const Op& op = *L.op;
+    const int C = op.cout, ci = op.cin, s = op.stride;
+    const float* __restrict scale = op.tensors[3].f32();
+    const float* __restrict bias = op.tensors[4].f32();
+    const float* __restrict s2 = L.next_bconv->tensors[0].f32();
+    const float* __restrict b2 = L.next_bconv->tensors[1].f32();
+    const __m512 inv = _mm512_set1_ps(1.f / float(s * s));
+    const float* __restrict x0 = io.act_in + ((size_t(img) * L.in_h + oy * s) * L.in_w + ox * s) * ci;
+    for (int q = 0; q < C / 64; ++q) packed[q] = 0;
+    for (int c0 = 0; c0 < ci; c0 += 16) {
+        __m512 sum = _mm512_setzero_ps();
+        for (int dy = 0; dy < s; ++dy)
+            for (int dx = 0; dx < s; ++dx)
+                sum = _mm512_add_ps(sum, _mm512_loadu_ps(x0 + (size_t(dy) * L.in_w + dx) * ci + c0));
+        const __m512 pooled = _mm512_mul_ps(sum, inv);
+        for (int c = c0; c < C; c += ci) {
+            const __m512 dot = _mm512_cvtepi32_ps(_mm512_loadu_si512(d + c));
+            const __m512 v = _mm512_add_ps(
+                _mm512_add_ps(_mm512_mul_ps(dot, _mm512_loadu_ps(scale + c)), _mm512_loadu_ps(bias + c)),
+                pooled);
+            _mm512_storeu_ps(y + c, v);
+            const __m512 t = _mm512_add_ps(_mm512_mul_ps(v, _mm512_loadu_ps(s2 + c)), _mm512_loadu_ps(b2 + c));
+            packed[c >> 6] |= uint64_t(_mm512_cmp_ps_mask(t, _mm512_setzero_ps(), _CMP_GE_OQ)) << (c & 63);
+        }
+    }
+}
+
 // A binary conv layer's output rows [oy0, oy_end) of image img: kGroup pixel tiles at a time,
 // all output channels (weights streamed, reused by the group's tiles), then each pixel's whole
 // epilogue while its D is in L1.
@@ -275,6 +309,8 @@ static void bconv_block(const Layer& L, const LayerIO& io, int img, int oy0, int
     if (L.next_bconv)
         for (int y = 0; y < rows; ++y)
             packed[y] = packed_row(C, L.out_h, L.out_w, *L.next_bconv, io.bits_out, img, oy0 + y);
+    const bool pool_fuse = !io.over_input && op.residual == Residual::Downsample && !op.relu &&
+                           op.cin % 16 == 0 && C % 64 == 0;  // see dot_pool_pack_interior
     configure();
     for (int mt = 0; mt < mtiles; mt += kGroup) {
         const int T = std::min(kGroup, mtiles - mt);
@@ -297,8 +333,14 @@ static void bconv_block(const Layer& L, const LayerIO& io, int img, int oy0, int
             if (y >= rows) break;
             if (ox >= L.out_w) continue;  // a column past the map's edge
             float* out = io.act_out ? io.act_out + ((size_t(img) * L.out_h + oy) * L.out_w + ox) * C : sc.row;
-            dot_pixel(L, pl.d + size_t(i) * pl.d_stride, oy, ox, out, io.over_input);
-            finish_pixel(L, io, img, oy, ox, out, packed[y] ? packed[y] + size_t(ox) * PO : nullptr);
+            const int32_t* d = pl.d + size_t(i) * pl.d_stride;
+            uint64_t* bits = packed[y] ? packed[y] + size_t(ox) * PO : nullptr;
+            if (pool_fuse && bits && L.valid_taps[size_t(L.row_class[oy]) * L.col_classes + L.col_class[ox]] == op.k * op.k) {
+                dot_pool_pack_interior(L, io, img, oy, ox, d, out, bits);
+                continue;
+            }
+            dot_pixel(L, d, oy, ox, out, io.over_input);
+            finish_pixel(L, io, img, oy, ox, out, bits);
         }
     }
     _tile_release();  // lets the core drop the tile state (cheaper context switches, C-states)
