@@ -251,20 +251,25 @@ static inline void dot_pixel(const Layer& L, const int32_t* __restrict d, int oy
     }
 }
 
-// Interior pixel of a downsampling layer (average-pooled shortcut, channels repeated), no ReLU,
-// cin % 16 == 0, a next binary conv: y = (D * scale + bias) + window_sum * (1/s^2), stored and
-// packed in one pass; the same float operations in the same order as dot_pixel + add_shortcut +
-// pack_pixel (window summed in (dy, dx) order from 0).
-static inline void dot_pool_pack_interior(const Layer& L, const LayerIO& io, int img, int oy, int ox,
-                                          const int32_t* __restrict d, float* __restrict y,
-                                          uint64_t* __restrict packed) {
+// A pixel of a downsampling layer (average-pooled shortcut, channels repeated), no ReLU,
+// cin % 16 == 0, a next binary conv: y = (dot * scale + bias) + window_sum * (1/s^2), stored and
+// packed in one pass; the same integers and float operations, in the same order, as dot_pixel +
+// add_shortcut + pack_pixel (window summed in (dy, dx) order from 0). Border pixels add the
+// border correction to D (dot = D + 2*inv + off, as dot_pixel); interior ones need none.
+template <bool kBorder>
+static inline void dot_pool_pack(const Layer& L, const LayerIO& io, int img, int oy, int ox,
+                                 const int32_t* __restrict d, float* __restrict y,
+                                 uint64_t* __restrict packed) {
     const Op& op = *L.op;
+    const size_t cls = size_t(L.row_class[oy]) * L.col_classes + L.col_class[ox];
+    const int32_t* __restrict inv = L.invalid_popcount.data() + cls * op.cout;
+    const __m512i off = _mm512_set1_epi32(L.valid_taps[cls] * op.cin - op.k * op.k * op.cin);
     const int C = op.cout, ci = op.cin, s = op.stride;
     const float* __restrict scale = op.tensors[3].f32();
     const float* __restrict bias = op.tensors[4].f32();
     const float* __restrict s2 = L.next_bconv->tensors[0].f32();
     const float* __restrict b2 = L.next_bconv->tensors[1].f32();
-    const __m512 inv = _mm512_set1_ps(1.f / float(s * s));
+    const __m512 per_tap = _mm512_set1_ps(1.f / float(s * s));
     const float* __restrict x0 = io.act_in + ((size_t(img) * L.in_h + oy * s) * L.in_w + ox * s) * ci;
     for (int q = 0; q < C / 64; ++q) packed[q] = 0;
     for (int c0 = 0; c0 < ci; c0 += 16) {
@@ -272,9 +277,12 @@ static inline void dot_pool_pack_interior(const Layer& L, const LayerIO& io, int
         for (int dy = 0; dy < s; ++dy)
             for (int dx = 0; dx < s; ++dx)
                 sum = _mm512_add_ps(sum, _mm512_loadu_ps(x0 + (size_t(dy) * L.in_w + dx) * ci + c0));
-        const __m512 pooled = _mm512_mul_ps(sum, inv);
+        const __m512 pooled = _mm512_mul_ps(sum, per_tap);
         for (int c = c0; c < C; c += ci) {
-            const __m512 dot = _mm512_cvtepi32_ps(_mm512_loadu_si512(d + c));
+            __m512i di = _mm512_loadu_si512(d + c);
+            if (kBorder)  // d + 2*inv + off, in dot_pixel's order
+                di = _mm512_add_epi32(_mm512_add_epi32(di, _mm512_slli_epi32(_mm512_loadu_si512(inv + c), 1)), off);
+            const __m512 dot = _mm512_cvtepi32_ps(di);
             const __m512 v = _mm512_add_ps(
                 _mm512_add_ps(_mm512_mul_ps(dot, _mm512_loadu_ps(scale + c)), _mm512_loadu_ps(bias + c)),
                 pooled);
@@ -310,7 +318,7 @@ static void bconv_block(const Layer& L, const LayerIO& io, int img, int oy0, int
         for (int y = 0; y < rows; ++y)
             packed[y] = packed_row(C, L.out_h, L.out_w, *L.next_bconv, io.bits_out, img, oy0 + y);
     const bool pool_fuse = !io.over_input && op.residual == Residual::Downsample && !op.relu &&
-                           op.cin % 16 == 0 && C % 64 == 0;  // see dot_pool_pack_interior
+                           op.cin % 16 == 0 && C % 64 == 0;  // see dot_pool_pack
     configure();
     for (int mt = 0; mt < mtiles; mt += kGroup) {
         const int T = std::min(kGroup, mtiles - mt);
@@ -335,8 +343,11 @@ static void bconv_block(const Layer& L, const LayerIO& io, int img, int oy0, int
             float* out = io.act_out ? io.act_out + ((size_t(img) * L.out_h + oy) * L.out_w + ox) * C : sc.row;
             const int32_t* d = pl.d + size_t(i) * pl.d_stride;
             uint64_t* bits = packed[y] ? packed[y] + size_t(ox) * PO : nullptr;
-            if (pool_fuse && bits && L.valid_taps[size_t(L.row_class[oy]) * L.col_classes + L.col_class[ox]] == op.k * op.k) {
-                dot_pool_pack_interior(L, io, img, oy, ox, d, out, bits);
+            if (pool_fuse && bits) {
+                if (L.valid_taps[size_t(L.row_class[oy]) * L.col_classes + L.col_class[ox]] == op.k * op.k)
+                    dot_pool_pack<false>(L, io, img, oy, ox, d, out, bits);
+                else
+                    dot_pool_pack<true>(L, io, img, oy, ox, d, out, bits);
                 continue;
             }
             dot_pixel(L, d, oy, ox, out, io.over_input);
