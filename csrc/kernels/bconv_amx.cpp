@@ -257,11 +257,10 @@ static inline void dot_pixel(const Layer& L, const int32_t* __restrict d, int oy
 // add_shortcut + pack_pixel (window summed in (dy, dx) order from 0). Border pixels add the
 // border correction to D (dot = D + 2*inv + off, as dot_pixel); interior ones need none.
 template <bool kBorder>
-static inline void dot_pool_pack(const Layer& L, const LayerIO& io, int img, int oy, int ox,
+static inline void dot_pool_pack(const Layer& L, const LayerIO& io, int img, int oy, int ox, size_t cls,
                                  const int32_t* __restrict d, float* __restrict y,
                                  uint64_t* __restrict packed) {
     const Op& op = *L.op;
-    const size_t cls = size_t(L.row_class[oy]) * L.col_classes + L.col_class[ox];
     const int32_t* __restrict inv = L.invalid_popcount.data() + cls * op.cout;
     const __m512i off = _mm512_set1_epi32(L.valid_taps[cls] * op.cin - op.k * op.k * op.cin);
     const int C = op.cout, ci = op.cin, s = op.stride;
@@ -343,11 +342,12 @@ static void bconv_block(const Layer& L, const LayerIO& io, int img, int oy0, int
             float* out = io.act_out ? io.act_out + ((size_t(img) * L.out_h + oy) * L.out_w + ox) * C : sc.row;
             const int32_t* d = pl.d + size_t(i) * pl.d_stride;
             uint64_t* bits = packed[y] ? packed[y] + size_t(ox) * PO : nullptr;
-            if (pool_fuse && bits) {
-                if (L.valid_taps[size_t(L.row_class[oy]) * L.col_classes + L.col_class[ox]] == op.k * op.k)
-                    dot_pool_pack<false>(L, io, img, oy, ox, d, out, bits);
+            if (pool_fuse && bits) {  // border class of the pixel: interior ones need no correction
+                const size_t cls = size_t(L.row_class[oy]) * L.col_classes + L.col_class[ox];
+                if (L.valid_taps[cls] == op.k * op.k)
+                    dot_pool_pack<false>(L, io, img, oy, ox, cls, d, out, bits);
                 else
-                    dot_pool_pack<true>(L, io, img, oy, ox, d, out, bits);
+                    dot_pool_pack<true>(L, io, img, oy, ox, cls, d, out, bits);
                 continue;
             }
             dot_pixel(L, d, oy, ox, out, io.over_input);

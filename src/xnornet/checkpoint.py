@@ -50,6 +50,17 @@ def save_checkpoint(path, model: torch.nn.Module, meta: dict, optimizer=None) ->
         raise
 
 
+def read_metadata(path) -> dict:
+    """A checkpoint's run metadata alone, without loading its tensors (for checks up front)."""
+    path = Path(path)
+    check_checkpoint_path(path)
+    try:
+        with safe_open(str(path), "pt") as f:
+            return json.loads((f.metadata() or {})["xnornet"])
+    except (SafetensorError, OSError, KeyError, json.JSONDecodeError) as e:
+        raise not_a_checkpoint(path, e) from e
+
+
 def read_checkpoint(path) -> tuple[dict, dict, dict | None]:
     """-> (model state_dict, run metadata, optimizer state_dict or None)."""
     path = Path(path)

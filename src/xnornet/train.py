@@ -25,7 +25,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 from . import data as xdata
-from .checkpoint import load_model, read_checkpoint, save_checkpoint
+from .checkpoint import load_model, read_checkpoint, read_metadata, save_checkpoint
 from .export import check_checkpoint_path
 from .layers import QuantConv2d, clip_latent_weights
 from .metrics import accuracy
@@ -255,7 +255,7 @@ def _check_before_data(cfg: TrainConfig) -> None:
         raise ValueError(f"--out {out} is a file; give a folder for the run")
     resume_from = resume_source(cfg)  # --init-from unused when there is one
     if resume_from is not None:
-        check_resumable(resume_from, read_checkpoint(resume_from)[1], cfg,
+        check_resumable(resume_from, read_metadata(resume_from), cfg,
                         int(os.environ.get("WORLD_SIZE", "1")))
     for path in (cfg.teacher_path, None if resume_from else cfg.init_from):
         if path:
@@ -346,8 +346,7 @@ def _train(cfg: TrainConfig) -> dict:
     start_epoch = 0
     resume_from = resume_source(cfg)
     if resume_from is not None:
-        model_sd, meta, optim_sd = read_checkpoint(resume_from)
-        check_resumable(resume_from, meta, cfg, world)
+        model_sd, meta, optim_sd = read_checkpoint(resume_from)  # checked by _check_before_data
         # (through TrunkConfig: checkpoints from before a config field get its default)
         if TrunkConfig(**meta["model_config"]).to_dict() != model.config.to_dict():
             raise ValueError(f"{resume_from} holds a {meta['model_config']} model, not the requested "
