@@ -184,6 +184,25 @@ def test_chain_of_in_place_and_bits_only_layers(isa, batch, threads):
     check(ops, x, isa, threads, atol=1e-3)
 
 
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("batch,threads", [(7, 1), (9, 2), (6, 2)])
+def test_image_groups_are_bitwise_one_image_runs(isa, batch, threads):
+    """Image-major batches go through the graph in groups of images (the tile kernels take a
+    group's images in one call per layer, a group of pixel tiles spanning images, and the
+    256-channel layers on tiles too): the logits must be bit for bit those of one-image runs.
+    Ragged last groups (7 = 4 + 3, 9 = 4 + 4 + 1), 16-output blocks not in pairs (48, 144),
+    stride 2, a 256-channel layer after a 144-channel one."""
+    ops = [conv_fp_op(3, 64), bconv_op(64, 64, residual=mf.RES_IDENTITY), bconv_op(64, 48, relu=True),
+           bconv_op(48, 144, 2, mf.RES_DOWNSAMPLE), bconv_op(144, 256),
+           bconv_op(256, 256, residual=mf.RES_IDENTITY), head_op(256, 7)]
+    x = RNG.normal(0, 1, (batch, 3, 12, 10)).astype(np.float32)
+    engine = Engine.from_bytes(mf.to_bytes(ops), threads=threads, isa=isa)
+    got = engine.run(x)
+    one_by_one = np.concatenate([engine.run(x[i:i + 1]) for i in range(batch)])
+    np.testing.assert_array_equal(got, one_by_one)
+    np.testing.assert_allclose(got, reference.run_ops(ops, x), rtol=1e-4, atol=1e-3)
+
+
 def test_uint8_input_is_normalized_like_the_reference():
     mean, std = np.array([0.4, 0.5, 0.6], np.float32), np.array([0.2, 0.25, 0.3], np.float32)
     ops = [mf.Op(mf.INPUT, [8, 8, 3], [mean, std]), conv_fp_op(3, 64), bconv_op(64, 64), head_op(64, 10)]

@@ -45,6 +45,9 @@ struct Kernels {
     // load across rows: the executor hands layer_rows whole feature maps (or, with more threads
     // than images, balanced row blocks), not single rows.
     bool whole_maps = false;
+    // Whole maps of `count` images from img0 of a layer in one call (null: the executor calls
+    // layer_rows per image): a binary conv's weights, once in cache, serve every image's pixels.
+    void (*layer_images)(const Layer&, const LayerIO&, int img0, int count, Scratch&) = nullptr;
 };
 
 extern const Kernels kernels_generic;

@@ -36,14 +36,26 @@ struct alignas(64) TileConfig {
     uint8_t rows[16] = {};
 };
 
-// A group is kGroup pixel tiles (64 output pixels, whose epilogue runs while their D is in L1).
-// Within it, per step (one tap, one word of 64 channels) two pixel tiles (tmm0-1) meet two weight
+// A group is `span` pixel tiles (group_span, below: up to 128 KB of D), possibly from several
+// images, whose epilogue runs right after their products. Within it, per step (one tap, one word of 64 channels) two pixel tiles (tmm0-1) meet two weight
 // tiles (tmm6-7, 2 x 16 outputs, VNNI) in four products into C tiles tmm2-5: one tile load per
 // product (block<2, 2>). Tile loads, not products, bound this loop: group<T> (one weight tile
 // against up to four pixel tiles, 5 loads per 4 products) is 5-9% slower on the whole network
 // and now only runs an odd last block of 16 outputs, alternating its weight tile between tmm6
-// and tmm7 so the next load overlaps this step's products (tiles are not renamed).
+// and tmm7 so the next load overlaps this step's products (tiles are not renamed), on up to
+// kGroup pixel tiles at a time.
 constexpr int kGroup = 4;
+
+// Pixel tiles per group for `outputs` (16 x blocks) output channels and `total` tiles in the
+// call: as many as keep the group's D within kGroupD bytes (an even number, at least kGroup),
+// so each weight tile, once in cache, serves many pixel tiles. 128 KB (32 tiles of 64 outputs,
+// 8 of 256) against kGroup tiles: the whole network 5% faster; 64 and 256 KB within noise of it
+// (docs/engine.md).
+constexpr int kGroupD = 128 * 1024;
+static int group_span(int outputs, int total) {
+    const int fit = std::max(kGroup, kGroupD / (16 * 4 * outputs) / 2 * 2);
+    return std::min(fit, total);
+}
 
 static void configure() {
     TileConfig c;
@@ -51,52 +63,58 @@ static void configure() {
     _tile_loadconfig(&c);
 }
 
-// The int8 phase images of one call (see the top of the file).
+// The int8 phase images of one call (see the top of the file): per phase, one region of `pixels`
+// pixels per image, [phase][image][pixels][64 * P].
 struct Phases {
     const int8_t* data;
     int wq;               // width of a phase image
-    size_t pixels;        // pixels per phase image, slack included
+    int images;           // images in the call
+    size_t pixels;        // pixels per phase image of one image, slack included
     size_t pixel_bytes;   // 64 * P
-    // Where the A tile of tap (ky, kx), word p, starts for q = 0.
+    // Where the A tile of tap (ky, kx), word p, starts for q = 0 of the call's first image.
     const int8_t* tap(int ky, int kx, int p, int s) const {
         const size_t phase = size_t(ky % s) * s + kx % s;
-        return data + (phase * pixels + size_t(ky / s) * wq + kx / s) * pixel_bytes + 64 * p;
+        return data + (phase * images * pixels + size_t(ky / s) * wq + kx / s) * pixel_bytes + 64 * p;
     }
+    // Byte offset of pixel tile mt (16 pixels from q = 16 mt) of image g, from tap()'s address.
+    size_t tile(int g, int mt) const { return (size_t(g) * pixels + size_t(mt) * 16) * pixel_bytes; }
 };
 
-// The packed input of one call: padded image, its geometry, the first output row.
+// The packed input of one call: padded images, their geometry, the first output row.
 struct Source {
-    const uint64_t* act;  // top-left of the padded input image, [hp][wp][words]
-    int hp, wp, words, k, stride, oy;
+    const uint64_t* act;  // top-left of the first padded input image, [images][hp][wp][words]
+    int hp, wp, words, k, stride, oy, images;
 };
 
-// Expand the padded input rows that output rows from a.oy on read (mtiles pixel tiles of them)
-// into int8 phase images. Pixels past the padded image (the slack that the last tiles' dropped
-// rows read) are -1. With k < stride the phases (py, px) with py or px >= k are never read and
-// stay unfilled.
+// Expand the padded input rows that output rows from a.oy on read (mtiles pixel tiles of them,
+// per image) into int8 phase images. Pixels past the padded image (the slack that the last
+// tiles' dropped rows read) are -1. With k < stride the phases (py, px) with py or px >= k are
+// never read and stay unfilled.
 static Phases expand(const Source& a, int mtiles) {
     const int s = a.stride, P = a.words, wq = (a.wp + s - 1) / s, reach = (a.k - 1) / s;
     const size_t pb = size_t(64) * P;
     const size_t pixels = size_t(mtiles) * 16 + size_t(reach) * (wq + 1);
     thread_local aligned_vector<int8_t> buf;  // tile rows must not straddle cache lines
-    buf.resize(size_t(s) * s * pixels * pb);
+    buf.resize(size_t(s) * s * a.images * pixels * pb);
     const __m512i plus = _mm512_set1_epi8(1), minus = _mm512_set1_epi8(-1);
     const int used = std::min(s, a.k);
     for (int py = 0; py < used; ++py)
-        for (int px = 0; px < used; ++px) {
-            int8_t* dst = buf.data() + (size_t(py) * s + px) * pixels * pb;
-            for (size_t q = 0; q < pixels; ++q, dst += pb) {
-                const int r = s * (a.oy + int(q / wq)) + py, c = s * int(q % wq) + px;
-                if (r >= a.hp || c >= a.wp) {
-                    std::memset(dst, -1, pb);
-                    continue;
+        for (int px = 0; px < used; ++px)
+            for (int g = 0; g < a.images; ++g) {
+                int8_t* dst = buf.data() + ((size_t(py) * s + px) * a.images + g) * pixels * pb;
+                const uint64_t* img = a.act + size_t(g) * a.hp * a.wp * P;
+                for (size_t q = 0; q < pixels; ++q, dst += pb) {
+                    const int r = s * (a.oy + int(q / wq)) + py, c = s * int(q % wq) + px;
+                    if (r >= a.hp || c >= a.wp) {
+                        std::memset(dst, -1, pb);
+                        continue;
+                    }
+                    const uint64_t* src = img + (size_t(r) * a.wp + c) * P;
+                    for (int p = 0; p < P; ++p)
+                        _mm512_storeu_si512(dst + 64 * p, _mm512_mask_blend_epi8(src[p], minus, plus));
                 }
-                const uint64_t* src = a.act + (size_t(r) * a.wp + c) * P;
-                for (int p = 0; p < P; ++p)
-                    _mm512_storeu_si512(dst + 64 * p, _mm512_mask_blend_epi8(src[p], minus, plus));
             }
-        }
-    return Phases{buf.data(), wq, pixels, pb};
+    return Phases{buf.data(), wq, a.images, pixels, pb};
 }
 
 
@@ -108,49 +126,48 @@ struct Plan {
     std::vector<const int8_t*> step_a;
     const int8_t* w8;    // the layer's int8 weights
     long a_stride;       // bytes between the pixels of an A tile
-    size_t tile_step;    // bytes between consecutive A tiles
     size_t b_block;      // bytes between the weights of consecutive 16-output blocks
-    int32_t* d;          // the group's dot products D, [kGroup * 16 pixels][d_stride] int32
+    int32_t* d;          // the group's dot products D, [span * 16 pixels][d_stride] int32
     int d_stride;        // 16 * number of 16-output blocks
 };
 
 // One step: weight tile B (tmm6 or tmm7) times T pixel tiles into C tiles tmm2.. .
-#define XN_AMX_STEP(B, tap, w)                                   \
+#define XN_AMX_STEP(B, t_, w)                                   \
     do {                                                         \
         _tile_loadd(B, w, 64);                                   \
-        _tile_loadd(0, tap, pl.a_stride);                        \
+        _tile_loadd(0, tap(t_, 0), pl.a_stride);                 \
         _tile_dpbssd(2, 0, B);                                   \
         if (T > 1) {                                             \
-            _tile_loadd(1, (tap) + ts, pl.a_stride);             \
+            _tile_loadd(1, tap(t_, 1), pl.a_stride);             \
             _tile_dpbssd(3, 1, B);                               \
         }                                                        \
         if (T > 2) {                                             \
-            _tile_loadd(0, (tap) + 2 * ts, pl.a_stride);         \
+            _tile_loadd(0, tap(t_, 2), pl.a_stride);             \
             _tile_dpbssd(4, 0, B);                               \
         }                                                        \
         if (T > 3) {                                             \
-            _tile_loadd(1, (tap) + 3 * ts, pl.a_stride);         \
+            _tile_loadd(1, tap(t_, 3), pl.a_stride);             \
             _tile_dpbssd(5, 1, B);                               \
         }                                                        \
     } while (0)
 
-// D for T pixel tiles from mt and output block ob (all taps and words) into pl.d.
+// D for the T pixel tiles at byte offsets at[0..T) (Phases::tile) and output block ob (all taps
+// and words) into pl.d, group slots 0..T.
 template <int T>
-static void group(const Plan& pl, int mt, int ob) {
+static void group(const Plan& pl, const size_t* at, int ob) {
     const int steps = static_cast<int>(pl.step_a.size());
-    const size_t a0 = size_t(mt) * pl.tile_step, ts = pl.tile_step;
     const int8_t* w = pl.w8 + size_t(ob) * pl.b_block;  // step t's weights: w + 1024 t
-    auto tap = [&](int t) { return pl.step_a[t] + a0; };
+    auto tap = [&](int t, int i) { return pl.step_a[t] + at[i]; };
     _tile_zero(2);
     if (T > 1) _tile_zero(3);
     if (T > 2) _tile_zero(4);
     if (T > 3) _tile_zero(5);
     int t = 0;
     for (; t + 1 < steps; t += 2) {
-        XN_AMX_STEP(6, tap(t), w + size_t(t) * 1024);
-        XN_AMX_STEP(7, tap(t + 1), w + size_t(t + 1) * 1024);
+        XN_AMX_STEP(6, t, w + size_t(t) * 1024);
+        XN_AMX_STEP(7, t + 1, w + size_t(t + 1) * 1024);
     }
-    if (t < steps) XN_AMX_STEP(6, tap(t), w + size_t(t) * 1024);
+    if (t < steps) XN_AMX_STEP(6, t, w + size_t(t) * 1024);
     int32_t* d = pl.d + 16 * ob;
     const long stride = 4l * pl.d_stride, tile = 16l * pl.d_stride;
     _tile_stored(2, d, stride);
@@ -160,23 +177,21 @@ static void group(const Plan& pl, int mt, int ob) {
 }
 #undef XN_AMX_STEP
 
-// D for TP pixel tiles (from mt; group slots slot..) x OB output blocks (from ob), TP, OB <= 2:
-// per step TP + OB tile loads for TP * OB products (2x2: one load per product, against 5 per 4
-// for group<4>; the tile loads, not the products, bound the loop).
+// D for TP pixel tiles (at byte offsets a0, a1; group slots slot..) x OB output blocks (from
+// ob), TP, OB <= 2: per step TP + OB tile loads for TP * OB products (2x2: one load per
+// product, against 5 per 4 for group<4>; the tile loads, not the products, bound the loop).
 template <int TP, int OB>
-static void block(const Plan& pl, int mt, int slot, int ob) {
+static void block(const Plan& pl, size_t a0, size_t a1, int slot, int ob) {
     const int steps = static_cast<int>(pl.step_a.size());
-    const size_t a0 = size_t(mt) * pl.tile_step, ts = pl.tile_step;
     const int8_t* w = pl.w8 + size_t(ob) * pl.b_block;
     _tile_zero(2);
     if (TP > 1) _tile_zero(3);
     if (OB > 1) _tile_zero(4);
     if (TP > 1 && OB > 1) _tile_zero(5);
     for (int t = 0; t < steps; ++t) {
-        const int8_t* a = pl.step_a[t] + a0;
         const int8_t* b = w + size_t(t) * 1024;
-        _tile_loadd(0, a, pl.a_stride);
-        if (TP > 1) _tile_loadd(1, a + ts, pl.a_stride);
+        _tile_loadd(0, pl.step_a[t] + a0, pl.a_stride);
+        if (TP > 1) _tile_loadd(1, pl.step_a[t] + a1, pl.a_stride);
         _tile_loadd(6, b, 64);
         if (OB > 1) _tile_loadd(7, b + pl.b_block, 64);
         _tile_dpbssd(2, 0, 6);
@@ -292,56 +307,70 @@ static inline void dot_pool_pack(const Layer& L, const LayerIO& io, int img, int
     }
 }
 
-// A binary conv layer's output rows [oy0, oy_end) of image img: kGroup pixel tiles at a time,
-// all output channels (weights streamed, reused by the group's tiles), then each pixel's whole
-// epilogue while its D is in L1.
-static void bconv_block(const Layer& L, const LayerIO& io, int img, int oy0, int oy_end, Scratch& sc) {
+// Output rows [oy0, oy_end) of `images` consecutive images from img0 of a binary conv layer
+// (several images only for whole maps). The call's pixel tiles (per image, 16 pixels from
+// q = 16 mt) go in groups of up to `span` tiles: per pair of 16-output blocks, the group's
+// tiles two by two (the weights, once in cache, serve every tile of the group), then each
+// pixel's whole epilogue while its D is in cache.
+static void bconv_images(const Layer& L, const LayerIO& io, int img0, int images, int oy0, int oy_end,
+                         Scratch& sc) {
     const Op& op = *L.op;
     const Prepared& pr = *L.prep;
     const int P = pr.words, s = op.stride, Wp = L.in_w + 2 * op.pad, Hp = L.in_h + 2 * op.pad;
-    const Source a{io.bits_in + size_t(img) * Hp * Wp * P, Hp, Wp, P, op.k, s, oy0};
+    const Source a{io.bits_in + size_t(img0) * Hp * Wp * P, Hp, Wp, P, op.k, s, oy0, images};
     const int wq = (Wp + s - 1) / s, rows = oy_end - oy0, mtiles = (rows * wq + 15) / 16;
     const int blocks16 = (pr.cout_blocks * kLanes + 15) / 16;
+    const int total = images * mtiles, span = group_span(16 * blocks16, total);
     thread_local aligned_vector<int32_t> dbuf;
-    dbuf.resize(size_t(kGroup) * 16 * blocks16 * 16);
-    Plan pl{expand(a, mtiles), {}, pr.amx_weight.data(), 0, 0, size_t(op.k) * op.k * P * 1024,
+    dbuf.resize(size_t(span) * 16 * blocks16 * 16);
+    Plan pl{expand(a, mtiles), {}, pr.amx_weight.data(), 0, size_t(op.k) * op.k * P * 1024,
             dbuf.data(), 16 * blocks16};
     pl.a_stride = static_cast<long>(pl.ph.pixel_bytes);
-    pl.tile_step = 16 * pl.ph.pixel_bytes;
     for (int ky = 0; ky < op.k; ++ky)
         for (int kx = 0; kx < op.k; ++kx)
             for (int p = 0; p < P; ++p) pl.step_a.push_back(pl.ph.tap(ky, kx, p, s));
     const int C = op.cout, PO = (C + 63) / 64;
-    std::vector<uint64_t*> packed(rows, nullptr);  // where each output row's packed pixels go
+    std::vector<uint64_t*> packed(size_t(images) * rows, nullptr);  // each output row's packed pixels
     if (L.next_bconv)
-        for (int y = 0; y < rows; ++y)
-            packed[y] = packed_row(C, L.out_h, L.out_w, *L.next_bconv, io.bits_out, img, oy0 + y);
+        for (int g = 0; g < images; ++g)
+            for (int y = 0; y < rows; ++y)
+                packed[size_t(g) * rows + y] =
+                    packed_row(C, L.out_h, L.out_w, *L.next_bconv, io.bits_out, img0 + g, oy0 + y);
     const bool pool_fuse = !io.over_input && op.residual == Residual::Downsample && !op.relu &&
                            op.cin % 16 == 0 && C % 64 == 0;  // see dot_pool_pack
+    std::vector<size_t> at(span + 3);  // the group's tile offsets (Phases::tile), padded for group<4>
     configure();
-    for (int mt = 0; mt < mtiles; mt += kGroup) {
-        const int T = std::min(kGroup, mtiles - mt);
+    for (int t0 = 0; t0 < total; t0 += span) {
+        const int T = std::min(span, total - t0);
+        for (int i = 0; i < T; ++i) at[i] = pl.ph.tile((t0 + i) / mtiles, (t0 + i) % mtiles);
         // Pairs of output blocks in 2x2 blocks (measured 5-7% faster on the whole network than
-        // group<4> alone, docs/engine.md); an odd last block as before.
+        // group<4> alone, docs/engine.md); an odd last block by group<T>.
         int ob = 0;
         for (; ob + 1 < blocks16; ob += 2) {
             int i = 0;
-            for (; i + 1 < T; i += 2) block<2, 2>(pl, mt + i, i, ob);
-            if (i < T) block<1, 2>(pl, mt + i, i, ob);
+            for (; i + 1 < T; i += 2) block<2, 2>(pl, at[i], at[i + 1], i, ob);
+            if (i < T) block<1, 2>(pl, at[i], 0, i, ob);
         }
-        for (; ob < blocks16; ++ob) switch (T) {
-                case 4: group<4>(pl, mt, ob); break;
-                case 3: group<3>(pl, mt, ob); break;
-                case 2: group<2>(pl, mt, ob); break;
-                default: group<1>(pl, mt, ob); break;
+        for (; ob < blocks16; ++ob)
+            for (int i = 0; i < T; i += kGroup) {
+                int32_t* const d0 = pl.d;
+                pl.d += size_t(i) * 16 * pl.d_stride;
+                switch (std::min(kGroup, T - i)) {
+                    case 4: group<4>(pl, &at[i], ob); break;
+                    case 3: group<3>(pl, &at[i], ob); break;
+                    case 2: group<2>(pl, &at[i], ob); break;
+                    default: group<1>(pl, &at[i], ob); break;
+                }
+                pl.d = d0;
             }
-        for (int i = 0, q = mt * 16; i < T * 16; ++i, ++q) {
-            const int y = q / wq, ox = q % wq, oy = oy0 + y;
-            if (y >= rows) break;
-            if (ox >= L.out_w) continue;  // a column past the map's edge
+        for (int i = 0; i < T * 16; ++i) {
+            const int tile = t0 + i / 16, g = tile / mtiles, q = (tile % mtiles) * 16 + i % 16;
+            const int y = q / wq, ox = q % wq, oy = oy0 + y, img = img0 + g;
+            if (y >= rows || ox >= L.out_w) continue;  // past the map's last row or its edge
             float* out = io.act_out ? io.act_out + ((size_t(img) * L.out_h + oy) * L.out_w + ox) * C : sc.row;
             const int32_t* d = pl.d + size_t(i) * pl.d_stride;
-            uint64_t* bits = packed[y] ? packed[y] + size_t(ox) * PO : nullptr;
+            uint64_t* row = packed[size_t(g) * rows + y];
+            uint64_t* bits = row ? row + size_t(ox) * PO : nullptr;
             if (pool_fuse && bits) {  // border class of the pixel: interior ones need no correction
                 const size_t cls = size_t(L.row_class[oy]) * L.col_classes + L.col_class[ox];
                 if (L.valid_taps[cls] == op.k * op.k)
@@ -357,28 +386,45 @@ static void bconv_block(const Layer& L, const LayerIO& io, int img, int oy0, int
     _tile_release();  // lets the core drop the tile state (cheaper context switches, C-states)
 }
 
+static void bconv_block(const Layer& L, const LayerIO& io, int img, int oy0, int oy_end, Scratch& sc) {
+    bconv_images(L, io, img, 1, oy0, oy_end, sc);
+}
+
 // Where tile products beat the AVX-512 XOR-popcount kernel on this project's VM (measured on the
-// whole network, docs/engine.md): up to 128 input channels, stride 1 or 2. The 256-channel layers
-// of the default trunk (8x8 maps) have too few output pixels per weight tile for the int8 weights
-// (8x the bits, 590 KB per layer) to pay.
-static bool tiles_pay(const Op& op) { return op.kind == OpKind::BConv && op.cin <= 128; }
+// whole network, docs/engine.md): up to 128 input channels, stride 1 or 2; and every layer when a
+// call has several images. On one image the 256-channel layers of the default trunk (8x8 maps)
+// have too few output pixels per weight tile for the int8 weights (8x the bits, 590 KB per
+// layer) to pay; four images per call share each weight load (ops 9-10 25-35% faster than the
+// XOR kernels then).
+static bool tiles_pay(const Op& op, int images) {
+    return op.kind == OpKind::BConv && (op.cin <= 128 || images > 1);
+}
 static bool every_bconv(const Op& op) { return op.kind == OpKind::BConv; }
 
-// The "amx+avx512" implementation: tile products where they pay, the avx512 kernels elsewhere
-// (those layers get no int8 weights either: Kernels::int8_weights is tiles_pay).
+// The "amx+avx512" implementation: tile products where they pay, the avx512 kernels elsewhere.
 static void layer_rows_mixed(const Layer& L, const LayerIO& io, int img, int oy0, int oy_end, Scratch& s) {
-    if (L.op->kind == OpKind::BConv && !tiles_pay(*L.op))
+    if (L.op->kind == OpKind::BConv && !tiles_pay(*L.op, 1))
         return kernels_avx512.layer_rows(L, io, img, oy0, oy_end, s);
     layer_rows(L, io, img, oy0, oy_end, s);
+}
+
+static void layer_images(const Layer& L, const LayerIO& io, int img0, int count, Scratch& s) {
+    if (L.op->kind == OpKind::BConv) return bconv_images(L, io, img0, count, 0, L.out_h, s);
+    for (int i = 0; i < count; ++i) layer_rows(L, io, img0 + i, 0, L.out_h, s);
+}
+static void layer_images_mixed(const Layer& L, const LayerIO& io, int img0, int count, Scratch& s) {
+    if (tiles_pay(*L.op, count)) return bconv_images(L, io, img0, count, 0, L.out_h, s);
+    for (int i = 0; i < count; ++i) layer_rows_mixed(L, io, img0 + i, 0, L.out_h, s);
 }
 
 }  // namespace amx
 
 const Kernels kernels_amx = {amx::layer_rows, amx::pack_row, amx::peak_loop, 4 * 16 * 16 * 64,
-                             /*int8_weights=*/amx::every_bconv, /*whole_maps=*/true};
+                             /*int8_weights=*/amx::every_bconv, /*whole_maps=*/true,
+                             amx::layer_images};
 
 const Kernels kernels_amx_mixed = {amx::layer_rows_mixed, amx::pack_row, amx::peak_loop,
-                                   4 * 16 * 16 * 64, /*int8_weights=*/amx::tiles_pay,
-                                   /*whole_maps=*/true};
+                                   4 * 16 * 16 * 64, /*int8_weights=*/amx::every_bconv,
+                                   /*whole_maps=*/true, amx::layer_images_mixed};
 
 }  // namespace xnornet

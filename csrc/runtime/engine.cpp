@@ -21,6 +21,9 @@ namespace xnornet {
 namespace {
 
 constexpr int kMaxThreads = 1024;  // beyond this OpenMP runtimes fail; far past any real CPU
+// Images per image-major group for kernels with layer_images. 4 against 1 (one image at a time):
+// the whole network 17% faster with amx+avx512 (docs/engine.md); 8 no better than 4.
+constexpr int kImagesPerCall = 4;
 
 // Output size of a conv; 0 when the kernel does not fit the padded input even once.
 int out_size(int in, int k, int stride, int pad) {
@@ -141,12 +144,14 @@ struct Engine::Buffers {
 };
 
 // Per input shape: the planned layers and every buffer a run needs, allocated once.
-// Batches of at least `threads` images run image-major: each thread takes whole images through
-// the whole graph in its own small buffers, which stay in its cache. Smaller batches run
+// Batches of at least `threads` images run image-major: each thread takes whole images (one, or
+// a group of a few for kernels with layer_images) through the whole graph in its own small
+// buffers, which stay in its cache. Smaller batches run
 // row-major: all threads share each layer's rows, in buffers for the whole batch.
 struct Engine::Workspace {
     int n, h, w;
     bool image_major;
+    int group = 1;                  // image-major: images per run_graph call (and buffer set)
     std::vector<Layer> layers;
     std::vector<Buffers> buffers;   // one per thread (image-major) or one for the batch
     std::vector<int32_t> pop;       // per thread: popcount row
@@ -260,7 +265,11 @@ Engine::Workspace* Engine::acquire(int n, int h, int w) {
         ws->layers.push_back(std::move(L));
     }
     ws->image_major = n >= threads_;
-    const size_t group = ws->image_major ? 1 : n;  // images per buffer set
+    // Kernels that take several images per call (tile products: each weight load serves them
+    // all) get groups of up to kImagesPerCall images per thread, while every thread still has one.
+    const Kernels& K = *impl_->kernels;
+    ws->group = ws->image_major && K.layer_images ? std::clamp(n / threads_, 1, kImagesPerCall) : 1;
+    const size_t group = ws->image_major ? ws->group : n;  // images per buffer set
     ws->buffers.resize(ws->image_major ? threads_ : 1);
     for (Buffers& b : ws->buffers) {
         for (auto& a : b.act) a.assign(max_act / n * group, 0.f);
@@ -332,13 +341,18 @@ void Engine::run_graph(Workspace& ws, Buffers& buf, int n, int first_img, float*
         float* const act_out = !L.float_out ? nullptr : over_input ? buf.act[fa].data() : buf.act[1 - fa].data();
         const LayerIO io{in, buf.bits[ba].data(), act_out, L.next_bconv ? buf.bits[1 - ba].data() : nullptr,
                          over_input};
-        const int parts = row_parts(K, L.out_h, n, threads);
+        if (!parallel && K.layer_images) {  // an image-major group: its n images in one call
+            Scratch s = scratch(me);
+            K.layer_images(L, io, 0, n, s);
+        } else {
+            const int parts = row_parts(K, L.out_h, n, threads);
 #pragma omp parallel for schedule(static) num_threads(threads) if (parallel)
-        for (int r = 0; r < n * parts; ++r) {
-            Scratch s = scratch(parallel ? omp_get_thread_num() : me);
-            const int part = r % parts;
-            K.layer_rows(L, io, r / parts, part_start(part, parts, L.out_h),
-                         part_start(part + 1, parts, L.out_h), s);
+            for (int r = 0; r < n * parts; ++r) {
+                Scratch s = scratch(parallel ? omp_get_thread_num() : me);
+                const int part = r % parts;
+                K.layer_rows(L, io, r / parts, part_start(part, parts, L.out_h),
+                             part_start(part + 1, parts, L.out_h), s);
+            }
         }
         if (!over_input) fa = 1 - fa;
         if (L.next_bconv) ba = 1 - ba;
@@ -360,12 +374,14 @@ void Engine::execute(Workspace& ws, const std::function<void(float*, int)>& fill
     std::vector<double>* t = profiling ? &times : nullptr;
     const size_t image_floats = size_t(ws.h) * ws.w * input_channels();
     if (ws.image_major) {
+        const int G = ws.group, groups = (ws.n + G - 1) / G;
 #pragma omp parallel for schedule(dynamic, 1) num_threads(threads_)
-        for (int img = 0; img < ws.n; ++img) {
+        for (int g = 0; g < groups; ++g) {
             const int me = omp_get_thread_num();
             Buffers& buf = ws.buffers[me];
-            fill(buf.act[0].data(), img);
-            run_graph(ws, buf, 1, img, out, false, me == 0 ? t : nullptr);  // thread 0's share
+            const int first = g * G, count = std::min(G, ws.n - first);
+            for (int i = 0; i < count; ++i) fill(buf.act[0].data() + i * image_floats, first + i);
+            run_graph(ws, buf, count, first, out, false, me == 0 ? t : nullptr);  // thread 0's share
         }
     } else {
         Buffers& buf = ws.buffers[0];
