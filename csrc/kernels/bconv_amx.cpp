@@ -103,15 +103,25 @@ static Phases expand(const Source& a, int mtiles) {
             for (int g = 0; g < a.images; ++g) {
                 int8_t* dst = buf.data() + ((size_t(py) * s + px) * a.images + g) * pixels * pb;
                 const uint64_t* img = a.act + size_t(g) * a.hp * a.wp * P;
-                for (size_t q = 0; q < pixels; ++q, dst += pb) {
-                    const int r = s * (a.oy + int(q / wq)) + py, c = s * int(q % wq) + px;
-                    if (r >= a.hp || c >= a.wp) {
-                        std::memset(dst, -1, pb);
-                        continue;
+                for (size_t q = 0; q < pixels;) {  // a phase row: padded row s * (a.oy + q / wq) + py
+                    const int r = s * (a.oy + int(q / wq)) + py, n = int(std::min<size_t>(wq, pixels - q));
+                    if (r >= a.hp) {
+                        std::memset(dst, -1, n * pb);
+                    } else {
+                        const uint64_t* row = img + size_t(r) * a.wp * P;
+                        for (int j = 0; j < n; ++j) {
+                            int8_t* out = dst + j * pb;
+                            const int c = s * j + px;
+                            if (c >= a.wp) {
+                                std::memset(out, -1, pb);
+                                continue;
+                            }
+                            const uint64_t* src = row + size_t(c) * P;
+                            for (int p = 0; p < P; ++p)
+                                _mm512_storeu_si512(out + 64 * p, _mm512_mask_blend_epi8(src[p], minus, plus));
+                        }
                     }
-                    const uint64_t* src = img + (size_t(r) * a.wp + c) * P;
-                    for (int p = 0; p < P; ++p)
-                        _mm512_storeu_si512(dst + 64 * p, _mm512_mask_blend_epi8(src[p], minus, plus));
+                    q += n, dst += n * pb;
                 }
             }
     return Phases{buf.data(), wq, a.images, pixels, pb};
