@@ -95,6 +95,23 @@ def test_conv_fp_matches_reference(isa, cin, cout, stride, residual):
 
 
 @pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("cin,cout,stride", [(3, 64, 1), (3, 128, 2), (5, 80, 1), (16, 64, 2)])
+def test_conv_fp_interior_and_border_pixels_round_alike(isa, cin, cout, stride):
+    """A float conv reads interior pixels straight from the map and gathers the taps of border
+    pixels (zeros outside): both must sum in the same order. The same conv with pad 1 on x and
+    with pad 0 on x padded by one zero pixel gives the same floats bit for bit, though the
+    second computes every pixel as an interior one."""
+    op = conv_fp_op(cin, cout, stride)
+    unpadded = mf.Op(op.kind, op.params[:4] + [0] + op.params[5:], op.tensors)
+    x = RNG.normal(0, 1, (3, cin, 14, 11)).astype(np.float32)
+    padded = np.pad(x, ((0, 0), (0, 0), (1, 1), (1, 1)))
+    got = Engine.from_bytes(mf.to_bytes([op]), threads=1, isa=isa).run(x)
+    want = Engine.from_bytes(mf.to_bytes([unpadded]), threads=1, isa=isa).run(padded)
+    np.testing.assert_array_equal(got, want)
+    check([op], x, isa, threads=1)
+
+
+@pytest.mark.parametrize("isa", ISAS)
 @pytest.mark.parametrize("batch,threads", [(1, 1), (5, 2), (2, 4)])
 def test_fused_chain_matches_reference(isa, batch, threads):
     """CONV_FP -> BCONV (no residual: bits only) -> BCONV identity -> BCONV downsample -> HEAD:
