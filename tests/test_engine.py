@@ -22,9 +22,9 @@ def bconv_op(cin, cout, stride=1, residual=mf.RES_NONE, relu=False, k=3, pad=1, 
                   rng.normal(0, 1, cout).astype(np.float32)])
 
 
-def conv_fp_op(cin, cout, stride=1, residual=mf.RES_NONE, relu=False, rng=RNG):
-    return mf.Op(mf.CONV_FP, [cin, cout, 3, stride, 1, int(relu), residual],
-                 [rng.normal(0, 0.3, (cout, 3, 3, cin)).astype(np.float32),
+def conv_fp_op(cin, cout, stride=1, residual=mf.RES_NONE, relu=False, rng=RNG, k=3):
+    return mf.Op(mf.CONV_FP, [cin, cout, k, stride, k // 2, int(relu), residual],
+                 [rng.normal(0, 0.3, (cout, k, k, cin)).astype(np.float32),
                   rng.uniform(0.5, 1.5, cout).astype(np.float32),
                   rng.normal(0, 0.5, cout).astype(np.float32)])
 
@@ -95,16 +95,20 @@ def test_conv_fp_matches_reference(isa, cin, cout, stride, residual):
 
 
 @pytest.mark.parametrize("isa", ISAS)
-@pytest.mark.parametrize("cin,cout,stride", [(3, 64, 1), (3, 128, 2), (5, 80, 1), (16, 64, 2)])
-def test_conv_fp_interior_and_border_pixels_round_alike(isa, cin, cout, stride):
-    """A float conv reads interior pixels straight from the map and gathers the taps of border
-    pixels (zeros outside): both must sum in the same order. The same conv with pad 1 on x and
-    with pad 0 on x padded by one zero pixel gives the same floats bit for bit, though the
-    second computes every pixel as an interior one."""
-    op = conv_fp_op(cin, cout, stride)
+@pytest.mark.parametrize("cin,cout,stride,k", [
+    (3, 64, 1, 3), (3, 128, 2, 3), (5, 80, 1, 3), (16, 64, 2, 3), (3, 64, 1, 5), (7, 64, 2, 5)])
+@pytest.mark.parametrize("width", [11, 12, 15, 16])
+def test_conv_fp_interior_and_border_pixels_round_alike(isa, cin, cout, stride, k, width):
+    """A float conv reads blocks of interior pixels straight from the map and gathers the taps
+    of border pixels (zeros outside): both must sum in the same order. The same conv with pad
+    k//2 on x and with pad 0 on x padded by k//2 zero pixels gives the same floats bit for bit,
+    though the second computes every pixel as an interior one. The widths put the last block of
+    4 pixels just inside or just past the right edge for both strides."""
+    op = conv_fp_op(cin, cout, stride, k=k)
+    p = k // 2
     unpadded = mf.Op(op.kind, op.params[:4] + [0] + op.params[5:], op.tensors)
-    x = RNG.normal(0, 1, (3, cin, 14, 11)).astype(np.float32)
-    padded = np.pad(x, ((0, 0), (0, 0), (1, 1), (1, 1)))
+    x = RNG.normal(0, 1, (3, cin, 14, width)).astype(np.float32)
+    padded = np.pad(x, ((0, 0), (0, 0), (p, p), (p, p)))
     got = Engine.from_bytes(mf.to_bytes([op]), threads=1, isa=isa).run(x)
     want = Engine.from_bytes(mf.to_bytes([unpadded]), threads=1, isa=isa).run(padded)
     np.testing.assert_array_equal(got, want)
@@ -202,12 +206,13 @@ def test_chain_of_in_place_and_bits_only_layers(isa, batch, threads):
 
 
 @pytest.mark.parametrize("isa", ISAS)
-@pytest.mark.parametrize("batch,threads", [(7, 1), (9, 2), (6, 2)])
+@pytest.mark.parametrize("batch,threads", [(7, 1), (9, 2), (6, 2), (16, 3), (5, 4)])
 def test_image_groups_are_bitwise_one_image_runs(isa, batch, threads):
     """Image-major batches go through the graph in groups of images (the tile kernels take a
     group's images in one call per layer, a group of pixel tiles spanning images, and the
     256-channel layers on tiles too): the logits must be bit for bit those of one-image runs.
-    Ragged last groups (7 = 4 + 3, 9 = 4 + 4 + 1), 16-output blocks not in pairs (48, 144),
+    Groups of 4, 3 and 2 (16 images on 3 threads, 5 on 4), ragged last groups (7 = 4 + 3,
+    9 = 4 + 4 + 1), 16-output blocks not in pairs (48, 144),
     stride 2, a 256-channel layer after a 144-channel one."""
     ops = [conv_fp_op(3, 64), bconv_op(64, 64, residual=mf.RES_IDENTITY), bconv_op(64, 48, relu=True),
            bconv_op(48, 144, 2, mf.RES_DOWNSAMPLE), bconv_op(144, 256),

@@ -38,8 +38,8 @@ struct Kernels {
     // Runs `iters` iterations of peak_macs_per_iter binary MACs; returns a checksum.
     uint64_t (*peak_loop)(uint64_t iters);
     int peak_macs_per_iter;
-    // Which binary convs need Prepared::amx_weight, the int8 copy of their weights (null: none).
-    // The tile kernels' one rule of where they run: the executor prepares by it, they dispatch by it.
+    // Which binary convs need Prepared::amx_weight, the int8 copy of their weights (null: none):
+    // every one the tile kernels may run (the mixed implementation picks per call, tiles_pay).
     bool (*int8_weights)(const Op&) = nullptr;
     // Binary conv layers run in the kernel's own code on whole maps, which reuses each weight
     // load across rows: the executor hands layer_rows whole feature maps (or, with more threads

@@ -6,8 +6,9 @@
 // A binary dot product is an int8 one on +-1 values, so the matrix unit computes it exactly.
 //
 // Activations stay bit-packed between layers, as for the other kernels. The executor hands this
-// kernel whole feature maps (Kernels::whole_maps), so a weight tile, once loaded, serves a group
-// of 64 output pixels that may span several rows (one row of an 8x8 map has only 8). The input
+// kernel whole feature maps (Kernels::whole_maps), at batch sizes of a few images per thread
+// several images' maps per call (Kernels::layer_images), so a weight tile, once loaded, serves a
+// group of up to 32 pixel tiles of 16 output pixels, which may span rows and images. The input
 // rows are expanded to int8 (+1 / -1, one vpblendmb per 64 channels) into stride x stride phase
 // images, phase (py, px) holding padded pixels
 // (stride*i + py, stride*j + px). Numbered q = row * Wq + column over a phase image's width Wq,
@@ -162,9 +163,9 @@ struct Plan {
     } while (0)
 
 // D for the T pixel tiles at byte offsets at[0..T) (Phases::tile) and output block ob (all taps
-// and words) into pl.d, group slots 0..T.
+// and words) into pl.d, group slots slot..slot+T.
 template <int T>
-static void group(const Plan& pl, const size_t* at, int ob) {
+static void group(const Plan& pl, const size_t* at, int slot, int ob) {
     const int steps = static_cast<int>(pl.step_a.size());
     const int8_t* w = pl.w8 + size_t(ob) * pl.b_block;  // step t's weights: w + 1024 t
     auto tap = [&](int t, int i) { return pl.step_a[t] + at[i]; };
@@ -178,8 +179,8 @@ static void group(const Plan& pl, const size_t* at, int ob) {
         XN_AMX_STEP(7, t + 1, w + size_t(t + 1) * 1024);
     }
     if (t < steps) XN_AMX_STEP(6, t, w + size_t(t) * 1024);
-    int32_t* d = pl.d + 16 * ob;
     const long stride = 4l * pl.d_stride, tile = 16l * pl.d_stride;
+    int32_t* d = pl.d + 16 * ob + slot * tile;
     _tile_stored(2, d, stride);
     if (T > 1) _tile_stored(3, d + tile, stride);
     if (T > 2) _tile_stored(4, d + 2 * tile, stride);
@@ -348,7 +349,7 @@ static void bconv_images(const Layer& L, const LayerIO& io, int img0, int images
                     packed_row(C, L.out_h, L.out_w, *L.next_bconv, io.bits_out, img0 + g, oy0 + y);
     const bool pool_fuse = !io.over_input && op.residual == Residual::Downsample && !op.relu &&
                            op.cin % 16 == 0 && C % 64 == 0;  // see dot_pool_pack
-    std::vector<size_t> at(span + 3);  // the group's tile offsets (Phases::tile), padded for group<4>
+    std::vector<size_t> at(span);  // the group's tile offsets (Phases::tile)
     configure();
     for (int t0 = 0; t0 < total; t0 += span) {
         const int T = std::min(span, total - t0);
@@ -362,17 +363,12 @@ static void bconv_images(const Layer& L, const LayerIO& io, int img0, int images
             if (i < T) block<1, 2>(pl, at[i], 0, i, ob);
         }
         for (; ob < blocks16; ++ob)
-            for (int i = 0; i < T; i += kGroup) {
-                int32_t* const d0 = pl.d;
-                pl.d += size_t(i) * 16 * pl.d_stride;
-                switch (std::min(kGroup, T - i)) {
-                    case 4: group<4>(pl, &at[i], ob); break;
-                    case 3: group<3>(pl, &at[i], ob); break;
-                    case 2: group<2>(pl, &at[i], ob); break;
-                    default: group<1>(pl, &at[i], ob); break;
+            for (int i = 0; i < T; i += kGroup) switch (std::min(kGroup, T - i)) {
+                    case 4: group<4>(pl, &at[i], i, ob); break;
+                    case 3: group<3>(pl, &at[i], i, ob); break;
+                    case 2: group<2>(pl, &at[i], i, ob); break;
+                    default: group<1>(pl, &at[i], i, ob); break;
                 }
-                pl.d = d0;
-            }
         for (int i = 0; i < T * 16; ++i) {
             const int tile = t0 + i / 16, g = tile / mtiles, q = (tile % mtiles) * 16 + i % 16;
             const int y = q / wq, ox = q % wq, oy = oy0 + y, img = img0 + g;

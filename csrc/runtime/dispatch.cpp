@@ -12,11 +12,13 @@ const std::vector<Implementation>& implementations() {
         const CpuFeatures& f = cpu_features();
         std::vector<Implementation> t;
 #ifdef XNORNET_X86_KERNELS
-        // amx+avx512 first: 7-10% faster than avx512 at every batch size and thread count measured
-        // (docs/engine.md, Dispatch). amx alone is opt-in: slower than avx512 on strided and wide layers.
+        // amx+avx512 first: 16-27% faster than avx512 at every batch size and thread count measured
+        // (docs/engine.md, Dispatch). amx alone is opt-in: on single images its 256-channel layers
+        // are slower than avx512's.
         const bool avx512 = f.avx512f && f.avx512_vpopcntdq, amx = f.amx_int8 && f.avx512bw;
-        t.push_back({"amx+avx512", "AMX-INT8 tile products where they pay (<= 128 input channels), "
-                     "avx512 elsewhere", &kernels_amx_mixed, amx && avx512});
+        t.push_back({"amx+avx512", "AMX-INT8 tile products where they pay (every binary conv of "
+                     "an image group; on single images those with <= 128 input channels), avx512 "
+                     "elsewhere", &kernels_amx_mixed, amx && avx512});
         t.push_back({"avx512", "AVX-512F + VPOPCNTDQ: 8 output channels per zmm, 4x4 register tile",
                      &kernels_avx512, avx512});
         t.push_back({"amx", "AMX-INT8 for every binary conv: bits expanded to int8 +-1 per feature "

@@ -22,8 +22,30 @@ namespace {
 
 constexpr int kMaxThreads = 1024;  // beyond this OpenMP runtimes fail; far past any real CPU
 // Images per image-major group for kernels with layer_images. 4 against 1 (one image at a time):
-// the whole network 17% faster with amx+avx512 (docs/engine.md); 8 no better than 4.
+// the whole network 10-14% faster with amx+avx512 (docs/engine.md); 2, 3 and 6 no better.
 constexpr int kImagesPerCall = 4;
+// Groups only for images whose largest map is at most this many floats (1 MB; CIFAR's 32x32x64
+// is 256 KB): larger maps already give each weight load many pixels, and a group's buffers grow
+// with it.
+constexpr size_t kGroupImageFloats = size_t(1) << 18;
+
+// Images per group: the largest, up to kImagesPerCall, with which no thread gets more images
+// than with single images (groups dealt out in turn; 16 images on 3 threads: groups of 3, at
+// most 6 images per thread; 5 on 4: groups of 2).
+int group_size(int n, int threads) {
+    const int even = (n + threads - 1) / threads;  // the most images per thread, one at a time
+    for (int g = std::min(kImagesPerCall, n); g > 1; --g) {
+        const int groups = (n + g - 1) / g, ragged = n % g;
+        int most = 0;
+        for (int t = 0; t < std::min(threads, groups); ++t) {
+            int images = ((groups - 1 - t) / threads + 1) * g;
+            if (ragged && (groups - 1) % threads == t) images -= g - ragged;
+            most = std::max(most, images);
+        }
+        if (most <= even) return g;
+    }
+    return 1;
+}
 
 // Output size of a conv; 0 when the kernel does not fit the padded input even once.
 int out_size(int in, int k, int stride, int pad) {
@@ -266,9 +288,10 @@ Engine::Workspace* Engine::acquire(int n, int h, int w) {
     }
     ws->image_major = n >= threads_;
     // Kernels that take several images per call (tile products: each weight load serves them
-    // all) get groups of up to kImagesPerCall images per thread, while every thread still has one.
+    // all) get groups of a few images per thread.
     const Kernels& K = *impl_->kernels;
-    ws->group = ws->image_major && K.layer_images ? std::clamp(n / threads_, 1, kImagesPerCall) : 1;
+    ws->group = ws->image_major && K.layer_images && max_act / n <= kGroupImageFloats
+                    ? group_size(n, threads_) : 1;
     const size_t group = ws->image_major ? ws->group : n;  // images per buffer set
     ws->buffers.resize(ws->image_major ? threads_ : 1);
     for (Buffers& b : ws->buffers) {
