@@ -106,3 +106,23 @@ def test_openvino_binary_convolution_matches_engine(files):
     types = {n.get_rt_info()["layerType"].astype(str) for n in compiled.get_runtime_model().get_ordered_ops()}
     assert "BinaryConvolution" in types  # OpenVINO's own binary kernel runs, not a fallback
     np.testing.assert_allclose(compiled(x)[0], Engine.load(model).run(images), rtol=1e-4, atol=1e-4)
+
+
+def test_bench_kernels_reports_every_op_of_the_run(files, tmp_path):
+    """`xnornet bench kernels` on a small model: one row per binary conv with positive times and
+    ratios, and the float stem conv and the head in the per-part line, whose parts add up to
+    the whole network's time."""
+    from xnornet.bench import bench_kernels, format_kernels, plot_kernels
+    _, _, model, _ = files
+    result = bench_kernels(model, batch=2, repeats=1, progress=False)
+    binary = [i for i, op, _, _ in mf.layer_shapes(mf.read_model(model)) if op.kind == mf.BCONV]
+    assert [r["op"] for r in result["layers"]] == binary
+    assert all(r["engine_ms"] > 0 and r["torch_fp32_ms"] > 0 and r["speedup"] > 0 for r in result["layers"])
+    assert [o["kind"] for o in result["other_ops"]] == ["conv_fp", "head"]
+    parts = sum(r["engine_ms"] for r in result["layers"]) + sum(o["engine_ms"] for o in result["other_ops"])
+    assert 0 < parts <= 1.5 * result["engine_total_ms"]
+    text = format_kernels(result)
+    assert "engine time by part: binary convs" in text and "float conv 3 -> 64" in text
+    assert text.count("\n| ") == len(binary) + 1  # header and one row per binary conv
+    plot_kernels(result, tmp_path / "k.png")
+    assert (tmp_path / "k.png").stat().st_size > 0

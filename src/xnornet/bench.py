@@ -84,10 +84,12 @@ def bench_kernels(model_path, batch=128, threads=1, repeats=5, isa=None, progres
     peak = _engine.peak_binary_macs(engine.isa, 1.0)
     xor_isa = xor_peak_isa(implementations())
     xor_peak = peak if engine.isa not in PEAK_LOOPS else _engine.peak_binary_macs(xor_isa, 1.0)
-    rows = []
+    rows, others = [], []
     shapes = mf.layer_shapes(ops)
     for j, (i, op, h, w) in enumerate(tqdm(shapes, desc="torch convs", disable=not progress)):
-        if op.kind != mf.BCONV:
+        if op.kind != mf.BCONV:  # the float stem conv, the head: their share of the run, for the record
+            others.append({"op": i, "kind": mf.OP_NAMES[op.kind], "params": list(op.params[:2]),
+                           "engine_ms": 1e3 * float(per_op[j])})
             continue
         cin, cout, k, stride, pad = op.params[:5]
         x = torch.randn(batch, cin, h, w).to(memory_format=torch.channels_last)
@@ -111,7 +113,7 @@ def bench_kernels(model_path, batch=128, threads=1, repeats=5, isa=None, progres
             "batch": batch, "repeats": repeats, "peak_binary_gmacs": peak / 1e9,
             "xor_peak_isa": xor_isa, "xor_peak_binary_gmacs": xor_peak / 1e9,
             "engine_total_ms": 1e3 * statistics.median(total), "torch_fp32_total_ms": 1e3 * t_fp32,
-            "layers": rows}
+            "layers": rows, "other_ops": others}
 
 
 # Implementations whose peak_loop is not the XOR-popcount one: what it times (the "% of peak"
@@ -152,6 +154,15 @@ def format_kernels(result: dict) -> str:
     e, t = result["engine_total_ms"], result["torch_fp32_total_ms"]
     lines.append(f"\nwhole network per batch: engine {e:.1f} ms, PyTorch FP32 network of the same "
                  f"shape {t:.1f} ms -> {t / e:.1f}x")
+    binary = sum(r["engine_ms"] for r in result["layers"])
+    parts = [f"binary convs {binary:.1f} ms ({100 * binary / e:.0f}%)"]
+    for o in result.get("other_ops", []):
+        shape = " -> ".join(map(str, o["params"]))
+        kind = {"conv_fp": "float conv"}.get(o["kind"], o["kind"])
+        parts.append(f"op {o['op']} {kind} {shape} {o['engine_ms']:.1f} ms ({100 * o['engine_ms'] / e:.0f}%)")
+    rest = e - binary - sum(o["engine_ms"] for o in result.get("other_ops", []))
+    parts.append(f"input conversion and the rest {rest:.1f} ms")
+    lines.append("engine time by part: " + ", ".join(parts))
     return "\n".join(lines)
 
 
