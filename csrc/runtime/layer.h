@@ -74,6 +74,7 @@ struct LayerIO {
 struct Scratch {
     int32_t* pop;  // out_w * cout_pad
     float* row;    // out_w * cout (the row, unless written in place) + kPatchPixels * k*k*cin
+                   // + k * (in_w + 2*pad) * cin (a float conv's padded input rows)
 };
 
 }  // namespace xnornet
