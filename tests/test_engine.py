@@ -234,6 +234,14 @@ def test_uint8_input_is_normalized_like_the_reference():
     np.testing.assert_allclose(engine.run(images), reference.run_ops(ops, x.astype(np.float32)),
                                rtol=1e-4, atol=2e-4)
     assert engine.class_names == [f"c{i}" for i in range(10)]
+    # bit for bit the float32 normalization, for every byte value in every channel (no binary
+    # conv in between, whose signs would hide a last-bit difference)
+    engine = Engine.from_bytes(mf.to_bytes([ops[0], ops[1], head_op(64, 10)]))
+    every = np.stack([(np.arange(256) + 85 * c) % 256 for c in range(3)], -1).reshape(4, 8, 8, 3)
+    every = every.astype(np.uint8)
+    x = (every.transpose(0, 3, 1, 2) / np.float32(255) - mean[:, None, None]) / std[:, None, None]
+    assert x.dtype == np.float32 and all(len(np.unique(every[..., c])) == 256 for c in range(3))
+    np.testing.assert_array_equal(engine.run(every), engine.run(np.ascontiguousarray(x)))
 
 
 def test_pack_bits_roundtrip_and_layout():
