@@ -116,6 +116,26 @@ def test_conv_fp_interior_and_border_pixels_round_alike(isa, cin, cout, stride, 
 
 
 @pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("width", [12, 13])
+def test_float_conv_packs_like_the_next_layer_would(isa, width):
+    """A float conv followed by a binary conv may pack the sign bits itself, from registers: the
+    bits must be those of packing its float output, `y * s + b >= 0` rounded as multiply, then
+    add. The next layer's thresholds are set to tie exactly with one output value per channel
+    (b = -(y * s) in float32), where a fused multiply-add would flip the sign."""
+    conv = conv_fp_op(3, 64)
+    x = RNG.normal(0, 1, (2, 3, 8, width)).astype(np.float32)
+    y = Engine.from_bytes(mf.to_bytes([conv]), isa=isa).run(x)
+    binary = bconv_op(64, 64)
+    s = binary.tensors[0]
+    pixels = RNG.integers(0, 8 * width, 64)
+    ties = y[0].reshape(64, -1)[np.arange(64), pixels]
+    binary.tensors[1] = (-(ties * s)).astype(np.float32)
+    got = Engine.from_bytes(mf.to_bytes([conv, binary]), isa=isa).run(x)
+    want = Engine.from_bytes(mf.to_bytes([binary]), isa=isa).run(y)
+    np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("isa", ISAS)
 @pytest.mark.parametrize("batch,threads", [(1, 1), (5, 2), (2, 4)])
 def test_fused_chain_matches_reference(isa, batch, threads):
     """CONV_FP -> BCONV (no residual: bits only) -> BCONV identity -> BCONV downsample -> HEAD:
