@@ -364,8 +364,10 @@ def add_bench(sub):
                         description="Time each binary conv layer of a model inside the whole-network "
                         "run, against a PyTorch FP32 conv of the same shape in the same process; "
                         "report binary GMAC/s and the share of this CPU's peak, measured with a "
-                        "register-only loop. Options of `xnornet bench` itself (before `kernels`) "
-                        "do not apply here.")
+                        "register-only loop; then the whole network against the PyTorch FP32 "
+                        "network of the same shape, and the engine's time by part (binary convs, "
+                        "float stem conv, head, the rest). Options of `xnornet bench` itself "
+                        "(before `kernels`) do not apply here.")
     # dests differ from the parent's: argparse would let these defaults overwrite its values
     k.add_argument("--model-file", dest="k_model_file", metavar="MODEL_FILE", help="packed model file (.xnor); default: "
                    "the shipped model (timings do not depend on the weights)")
