@@ -38,8 +38,9 @@ struct alignas(64) TileConfig {
 };
 
 // A group is `span` pixel tiles (group_span, below: up to 128 KB of D), possibly from several
-// images, whose epilogue runs right after their products. Within it, per step (one tap, one word of 64 channels) two pixel tiles (tmm0-1) meet two weight
-// tiles (tmm6-7, 2 x 16 outputs, VNNI) in four products into C tiles tmm2-5: one tile load per
+// images, whose epilogue runs right after their products. Within it, per step (one tap, one
+// word of 64 channels) two pixel tiles (tmm0-1) meet two weight tiles (tmm6-7, 2 x 16 outputs,
+// VNNI) in four products into C tiles tmm2-5: one tile load per
 // product (block<2, 2>). Tile loads, not products, bound this loop: group<T> (one weight tile
 // against up to four pixel tiles, 5 loads per 4 products) is 5-9% slower on the whole network
 // and now only runs an odd last block of 16 outputs, alternating its weight tile between tmm6
@@ -248,12 +249,11 @@ static uint64_t peak_loop(uint64_t iters) {
 // Binary conv epilogue of one pixel from D (the +-1 dot product over all taps, border taps
 // counted as -1 inputs): the dot product over valid taps is D - (full - base) + 2*inv (inv: the
 // weights' popcount on the border taps), then y = dot * scale + bias; the same integers, hence
-// the same floats, as the XOR kernels' popcount epilogue. With `add_x` y holds the identity
-// shortcut on entry and gets (dot * scale + bias) + shortcut.
-static inline void dot_pixel(const Layer& L, const int32_t* __restrict d, int oy, int ox,
+// the same floats, as the XOR kernels' popcount epilogue (cls: the pixel's border class). With
+// `add_x` y holds the identity shortcut on entry and gets (dot * scale + bias) + shortcut.
+static inline void dot_pixel(const Layer& L, const int32_t* __restrict d, size_t cls,
                              float* __restrict y, bool add_x) {
     const Op& op = *L.op;
-    const size_t cls = size_t(L.row_class[oy]) * L.col_classes + L.col_class[ox];
     const int32_t* __restrict inv = L.invalid_popcount.data() + cls * op.cout;
     const int32_t off = L.valid_taps[cls] * op.cin - op.k * op.k * op.cin;
     const float* __restrict scale = op.tensors[3].f32();
@@ -312,8 +312,7 @@ static inline void dot_pool_pack(const Layer& L, const LayerIO& io, int img, int
                 _mm512_add_ps(_mm512_mul_ps(dot, _mm512_loadu_ps(scale + c)), _mm512_loadu_ps(bias + c)),
                 pooled);
             _mm512_storeu_ps(y + c, v);
-            const __m512 t = _mm512_add_ps(_mm512_mul_ps(v, _mm512_loadu_ps(s2 + c)), _mm512_loadu_ps(b2 + c));
-            packed[c >> 6] |= uint64_t(_mm512_cmp_ps_mask(t, _mm512_setzero_ps(), _CMP_GE_OQ)) << (c & 63);
+            packed[c >> 6] |= sign_bits16(v, s2 + c, b2 + c) << (c & 63);
         }
     }
 }
@@ -378,14 +377,14 @@ static void bconv_images(const Layer& L, const LayerIO& io, int img0, int images
             uint64_t* row = packed[size_t(g) * rows + y];
             uint64_t* bits = row ? row + size_t(ox) * PO : nullptr;
             if (pool_fuse && bits) {  // border class of the pixel: interior ones need no correction
-                const size_t cls = size_t(L.row_class[oy]) * L.col_classes + L.col_class[ox];
+                const size_t cls = L.border_class(oy, ox);
                 if (L.valid_taps[cls] == op.k * op.k)
                     dot_pool_pack<false>(L, io, img, oy, ox, cls, d, out, bits);
                 else
                     dot_pool_pack<true>(L, io, img, oy, ox, cls, d, out, bits);
                 continue;
             }
-            dot_pixel(L, d, oy, ox, out, io.over_input);
+            dot_pixel(L, d, L.border_class(oy, ox), out, io.over_input);
             finish_pixel(L, io, img, oy, ox, out, bits);
         }
     }

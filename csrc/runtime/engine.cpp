@@ -289,8 +289,8 @@ Engine::Workspace* Engine::acquire(int n, int h, int w) {
         if (op.kind != OpKind::Head) {
             max_act = std::max(max_act, size_t(n) * L.out_h * L.out_w * op.cout);
             // output row, kPatchPixels patches, and a float conv's zero-padded input rows (fill_band)
-            max_row = std::max(max_row, size_t(L.out_w) * op.cout + size_t(kPatchPixels) * op.k * op.k * op.cin +
-                                            size_t(op.k) * (L.in_w + 2 * op.pad) * op.cin);
+            const size_t band = op.kind == OpKind::ConvFP ? size_t(op.k) * (L.in_w + 2 * op.pad) * op.cin : 0;
+            max_row = std::max(max_row, size_t(L.out_w) * op.cout + size_t(kPatchPixels) * op.k * op.k * op.cin + band);
             ch = L.out_h, cw = L.out_w;
         }
         ws->layers.push_back(std::move(L));

@@ -58,6 +58,8 @@ struct Layer {
     int col_classes = 0;
     std::vector<int> valid_taps;
     std::vector<int32_t> invalid_popcount;  // [class][cout]
+    // The border class of output pixel (oy, ox): the index into valid_taps and invalid_popcount.
+    size_t border_class(int oy, int ox) const { return size_t(row_class[oy]) * col_classes + col_class[ox]; }
 };
 
 // Inputs and outputs of one layer for one batch, and per-thread scratch.

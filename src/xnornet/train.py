@@ -245,9 +245,9 @@ def write_metrics(out: Path, history: list[dict]) -> None:
 
 # ---------------------------------------------------------------- the loop
 
-def _check_before_data(cfg: TrainConfig) -> None:
+def _check_before_data(cfg: TrainConfig) -> Path | None:
     """Mistakes in the model shape or the input checkpoints fail at once, not after a first run
-    has decoded 60,000 images."""
+    has decoded 60,000 images. -> the file --resume continues from, if any."""
     TrunkConfig(kind=cfg.model, widths=cfg.widths, depths=cfg.depths,
                 binary_weights=not cfg.real_weights)
     out = Path(cfg.out)
@@ -260,6 +260,7 @@ def _check_before_data(cfg: TrainConfig) -> None:
     for path in (cfg.teacher_path, None if resume_from else cfg.init_from):
         if path:
             check_checkpoint_path(Path(path))
+    return resume_from
 
 
 def resume_source(cfg: TrainConfig) -> Path | None:
@@ -328,7 +329,7 @@ def _train(cfg: TrainConfig) -> dict:
     ckpt_path = out / "checkpoint.safetensors"
     torch.manual_seed(cfg.seed)
 
-    _check_before_data(cfg)
+    resume_from = _check_before_data(cfg)
     if world > 1 and not main:
         dist.barrier()  # rank 0 downloads/decodes first; the others then read its files
     ds = xdata.load_cifar10(cfg.data_dir, progress=cfg.progress and main)
@@ -344,13 +345,12 @@ def _train(cfg: TrainConfig) -> dict:
     optimizer = make_optimizer(model, cfg)
     history: list[dict] = []
     start_epoch = 0
-    resume_from = resume_source(cfg)
     if resume_from is not None:
         model_sd, meta, optim_sd = read_checkpoint(resume_from)  # checked by _check_before_data
-        # (through TrunkConfig: checkpoints from before a config field get its default)
-        if TrunkConfig(**meta["model_config"]).to_dict() != model.config.to_dict():
-            raise ValueError(f"{resume_from} holds a {meta['model_config']} model, not the requested "
-                             f"{model.config.to_dict()}; use another --out or drop --resume")
+        classes = TrunkConfig(**meta["model_config"]).num_classes  # (the rest: check_resumable)
+        if classes != model.config.num_classes:
+            raise ValueError(f"{resume_from} holds a model of {classes} classes, the data has "
+                             f"{model.config.num_classes}; use another --out or drop --resume")
         model.load_state_dict(model_sd)
         if optim_sd is not None:
             optimizer.load_state_dict(optim_sd)
