@@ -246,34 +246,50 @@ static uint64_t peak_loop(uint64_t iters) {
 #include "kernels/layer_rows.inc"
 #undef XNORNET_BCONV_BLOCK
 
+// What the epilogues read of a layer, loaded once per call: through `const Layer&` the
+// compiler must reload every pointer after each pixel's stores (they might alias).
+struct Epilogue {
+    const float *scale, *bias;  // the layer's y = dot * scale + bias
+    const float *s2, *b2;       // the next binary conv's sign thresholds: y * s2 + b2 >= 0
+    const int32_t* inv;         // border correction per class, [class][cout]
+    const int* valid_taps;      // per border class
+    int cout, cin, taps;        // taps = k * k
+    int stride, in_row;         // in_row: floats per input row (in_w * cin)
+    explicit Epilogue(const Layer& L)
+        : scale(L.op->tensors[3].f32()), bias(L.op->tensors[4].f32()),
+          s2(L.next_bconv ? L.next_bconv->tensors[0].f32() : nullptr),
+          b2(L.next_bconv ? L.next_bconv->tensors[1].f32() : nullptr), inv(L.invalid_popcount.data()),
+          valid_taps(L.valid_taps.data()), cout(L.op->cout), cin(L.op->cin), taps(L.op->k * L.op->k),
+          stride(L.op->stride), in_row(L.in_w * L.op->cin) {}
+};
+
 // Binary conv epilogue of one pixel from D (the +-1 dot product over all taps, border taps
 // counted as -1 inputs): the dot product over valid taps is D - (full - base) + 2*inv (inv: the
 // weights' popcount on the border taps), then y = dot * scale + bias; the same integers, hence
 // the same floats, as the XOR kernels' popcount epilogue (cls: the pixel's border class). With
 // `add_x` y holds the identity shortcut on entry and gets (dot * scale + bias) + shortcut.
-static inline void dot_pixel(const Layer& L, const int32_t* __restrict d, size_t cls,
+static inline void dot_pixel(const Epilogue& E, const int32_t* __restrict d, size_t cls,
                              float* __restrict y, bool add_x) {
-    const Op& op = *L.op;
-    const int32_t* __restrict inv = L.invalid_popcount.data() + cls * op.cout;
-    const int32_t off = L.valid_taps[cls] * op.cin - op.k * op.k * op.cin;
-    const float* __restrict scale = op.tensors[3].f32();
-    const float* __restrict bias = op.tensors[4].f32();
-    if (L.valid_taps[cls] == op.k * op.k) {  // interior pixel: no border correction (inv = off = 0)
+    const int32_t* __restrict inv = E.inv + cls * E.cout;
+    const int32_t off = (E.valid_taps[cls] - E.taps) * E.cin;
+    const float* __restrict scale = E.scale;
+    const float* __restrict bias = E.bias;
+    if (E.valid_taps[cls] == E.taps) {  // interior pixel: no border correction (inv = off = 0)
         if (add_x) {
 #pragma omp simd
-            for (int o = 0; o < op.cout; ++o) y[o] = (float(d[o]) * scale[o] + bias[o]) + y[o];
+            for (int o = 0; o < E.cout; ++o) y[o] = (float(d[o]) * scale[o] + bias[o]) + y[o];
         } else {
 #pragma omp simd
-            for (int o = 0; o < op.cout; ++o) y[o] = float(d[o]) * scale[o] + bias[o];
+            for (int o = 0; o < E.cout; ++o) y[o] = float(d[o]) * scale[o] + bias[o];
         }
         return;
     }
     if (add_x) {
 #pragma omp simd
-        for (int o = 0; o < op.cout; ++o) y[o] = (float(d[o] + 2 * inv[o] + off) * scale[o] + bias[o]) + y[o];
+        for (int o = 0; o < E.cout; ++o) y[o] = (float(d[o] + 2 * inv[o] + off) * scale[o] + bias[o]) + y[o];
     } else {
 #pragma omp simd
-        for (int o = 0; o < op.cout; ++o) y[o] = float(d[o] + 2 * inv[o] + off) * scale[o] + bias[o];
+        for (int o = 0; o < E.cout; ++o) y[o] = float(d[o] + 2 * inv[o] + off) * scale[o] + bias[o];
     }
 }
 
@@ -283,25 +299,19 @@ static inline void dot_pixel(const Layer& L, const int32_t* __restrict d, size_t
 // add_shortcut + pack_pixel (window summed in (dy, dx) order from 0). Border pixels add the
 // border correction to D (dot = D + 2*inv + off, as dot_pixel); interior ones need none.
 template <bool kBorder>
-static inline void dot_pool_pack(const Layer& L, const LayerIO& io, int img, int oy, int ox, size_t cls,
+static inline void dot_pool_pack(const Epilogue& E, size_t cls, const float* __restrict x0,
                                  const int32_t* __restrict d, float* __restrict y,
                                  uint64_t* __restrict packed) {
-    const Op& op = *L.op;
-    const int32_t* __restrict inv = L.invalid_popcount.data() + cls * op.cout;
-    const __m512i off = _mm512_set1_epi32(L.valid_taps[cls] * op.cin - op.k * op.k * op.cin);
-    const int C = op.cout, ci = op.cin, s = op.stride;
-    const float* __restrict scale = op.tensors[3].f32();
-    const float* __restrict bias = op.tensors[4].f32();
-    const float* __restrict s2 = L.next_bconv->tensors[0].f32();
-    const float* __restrict b2 = L.next_bconv->tensors[1].f32();
+    const int32_t* __restrict inv = E.inv + cls * E.cout;
+    const __m512i off = _mm512_set1_epi32((E.valid_taps[cls] - E.taps) * E.cin);
+    const int C = E.cout, ci = E.cin, s = E.stride;
     const __m512 per_tap = _mm512_set1_ps(1.f / float(s * s));
-    const float* __restrict x0 = io.act_in + ((size_t(img) * L.in_h + oy * s) * L.in_w + ox * s) * ci;
     for (int q = 0; q < C / 64; ++q) packed[q] = 0;
     for (int c0 = 0; c0 < ci; c0 += 16) {
         __m512 sum = _mm512_setzero_ps();
         for (int dy = 0; dy < s; ++dy)
             for (int dx = 0; dx < s; ++dx)
-                sum = _mm512_add_ps(sum, _mm512_loadu_ps(x0 + (size_t(dy) * L.in_w + dx) * ci + c0));
+                sum = _mm512_add_ps(sum, _mm512_loadu_ps(x0 + size_t(dy) * E.in_row + dx * ci + c0));
         const __m512 pooled = _mm512_mul_ps(sum, per_tap);
         for (int c = c0; c < C; c += ci) {
             __m512i di = _mm512_loadu_si512(d + c);
@@ -309,11 +319,37 @@ static inline void dot_pool_pack(const Layer& L, const LayerIO& io, int img, int
                 di = _mm512_add_epi32(_mm512_add_epi32(di, _mm512_slli_epi32(_mm512_loadu_si512(inv + c), 1)), off);
             const __m512 dot = _mm512_cvtepi32_ps(di);
             const __m512 v = _mm512_add_ps(
-                _mm512_add_ps(_mm512_mul_ps(dot, _mm512_loadu_ps(scale + c)), _mm512_loadu_ps(bias + c)),
+                _mm512_add_ps(_mm512_mul_ps(dot, _mm512_loadu_ps(E.scale + c)), _mm512_loadu_ps(E.bias + c)),
                 pooled);
             _mm512_storeu_ps(y + c, v);
-            packed[c >> 6] |= sign_bits16(v, s2 + c, b2 + c) << (c & 63);
+            packed[c >> 6] |= sign_bits16(v, E.s2 + c, E.b2 + c) << (c & 63);
         }
+    }
+}
+
+// A pixel of an in-place identity layer (y holds the shortcut), no ReLU, a next binary conv:
+// y = (dot * scale + bias) + y, stored and packed from the registers in one pass; the same
+// integers and float operations, in the same order, as dot_pixel + pack_pixel.
+template <bool kBorder>
+static inline void dot_add_pack(const Epilogue& E, size_t cls, const int32_t* __restrict d,
+                                float* __restrict y, uint64_t* __restrict packed) {
+    const int32_t* __restrict inv = E.inv + cls * E.cout;
+    const __m512i off = _mm512_set1_epi32((E.valid_taps[cls] - E.taps) * E.cin);
+    for (int q = 0; q < E.cout / 64; ++q) {
+        uint64_t word = 0;
+        for (int j = 0; j < 64; j += 16) {
+            const int c = 64 * q + j;
+            __m512i di = _mm512_loadu_si512(d + c);
+            if (kBorder)  // d + 2*inv + off, in dot_pixel's order
+                di = _mm512_add_epi32(_mm512_add_epi32(di, _mm512_slli_epi32(_mm512_loadu_si512(inv + c), 1)), off);
+            const __m512 v = _mm512_add_ps(
+                _mm512_add_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(di), _mm512_loadu_ps(E.scale + c)),
+                              _mm512_loadu_ps(E.bias + c)),
+                _mm512_loadu_ps(y + c));
+            _mm512_storeu_ps(y + c, v);
+            word |= sign_bits16(v, E.s2 + c, E.b2 + c) << j;
+        }
+        packed[q] = word;
     }
 }
 
@@ -348,6 +384,12 @@ static void bconv_images(const Layer& L, const LayerIO& io, int img0, int images
                     packed_row(C, L.out_h, L.out_w, *L.next_bconv, io.bits_out, img0 + g, oy0 + y);
     const bool pool_fuse = !io.over_input && op.residual == Residual::Downsample && !op.relu &&
                            op.cin % 16 == 0 && C % 64 == 0;  // see dot_pool_pack
+    // In-place identity layers (the shortcut already in y), no ReLU: see dot_add_pack.
+    const bool add_fuse = io.over_input && !op.relu && C % 64 == 0;
+    const Epilogue E(L);
+    const int* __restrict row_class = L.row_class.data();
+    const int* __restrict col_class = L.col_class.data();
+    const int col_classes = L.col_classes;
     std::vector<size_t> at(span);  // the group's tile offsets (Phases::tile)
     configure();
     for (int t0 = 0; t0 < total; t0 += span) {
@@ -368,24 +410,44 @@ static void bconv_images(const Layer& L, const LayerIO& io, int img0, int images
                     case 2: group<2>(pl, &at[i], i, ob); break;
                     default: group<1>(pl, &at[i], i, ob); break;
                 }
-        for (int i = 0; i < T * 16; ++i) {
-            const int tile = t0 + i / 16, g = tile / mtiles, q = (tile % mtiles) * 16 + i % 16;
-            const int y = q / wq, ox = q % wq, oy = oy0 + y, img = img0 + g;
-            if (y >= rows || ox >= L.out_w) continue;  // past the map's last row or its edge
-            float* out = io.act_out ? io.act_out + ((size_t(img) * L.out_h + oy) * L.out_w + ox) * C : sc.row;
-            const int32_t* d = pl.d + size_t(i) * pl.d_stride;
-            uint64_t* row = packed[size_t(g) * rows + y];
-            uint64_t* bits = row ? row + size_t(ox) * PO : nullptr;
-            if (pool_fuse && bits) {  // border class of the pixel: interior ones need no correction
-                const size_t cls = L.border_class(oy, ox);
-                if (L.valid_taps[cls] == op.k * op.k)
-                    dot_pool_pack<false>(L, io, img, oy, ox, cls, d, out, bits);
-                else
-                    dot_pool_pack<true>(L, io, img, oy, ox, cls, d, out, bits);
-                continue;
+        // The group's pixels row segment by row segment (a tile's 16 pixels may wrap across
+        // rows): each tile's first pixel by division, the rest by counting; per-pixel divisions
+        // and edge tests were a fifth of the 64 -> 64 layers' epilogue.
+        for (int t = 0; t < T; ++t) {
+            const int tile = t0 + t, g = tile / mtiles, img = img0 + g;
+            const int q0 = (tile % mtiles) * 16;
+            int y = q0 / wq, x = q0 % wq;
+            for (int i = t * 16; i < t * 16 + 16 && y < rows; y += 1, x = 0) {
+                const int n = std::min(t * 16 + 16 - i, wq - x);  // this row's pixels in the tile
+                const int oy = oy0 + y, x_end = std::min(x + n, L.out_w);
+                const size_t row_cls = size_t(row_class[oy]) * col_classes;
+                // the pooled shortcut's window of (oy, 0) (downsampling layers)
+                const float* x_row = pool_fuse ? io.act_in + (size_t(img) * L.in_h + size_t(oy) * s) * E.in_row : nullptr;
+                uint64_t* row = packed[size_t(g) * rows + y];
+                float* out = io.act_out ? io.act_out + (size_t(img) * L.out_h + oy) * L.out_w * C : nullptr;
+                for (int ox = x; ox < x_end; ++ox) {
+                    const int32_t* d = pl.d + size_t(i + ox - x) * pl.d_stride;
+                    float* yp = out ? out + size_t(ox) * C : sc.row;
+                    uint64_t* bits = row ? row + size_t(ox) * PO : nullptr;
+                    const size_t cls = row_cls + col_class[ox];  // L.border_class(oy, ox)
+                    const bool interior = E.valid_taps[cls] == E.taps;
+                    if (pool_fuse && bits) {
+                        if (interior)
+                            dot_pool_pack<false>(E, cls, x_row + size_t(ox) * s * E.cin, d, yp, bits);
+                        else
+                            dot_pool_pack<true>(E, cls, x_row + size_t(ox) * s * E.cin, d, yp, bits);
+                    } else if (add_fuse && bits) {
+                        if (interior)
+                            dot_add_pack<false>(E, cls, d, yp, bits);
+                        else
+                            dot_add_pack<true>(E, cls, d, yp, bits);
+                    } else {
+                        dot_pixel(E, d, cls, yp, io.over_input);
+                        finish_pixel(L, io, img, oy, ox, yp, bits);
+                    }
+                }
+                i += n;
             }
-            dot_pixel(L, d, L.border_class(oy, ox), out, io.over_input);
-            finish_pixel(L, io, img, oy, ox, out, bits);
         }
     }
     _tile_release();  // lets the core drop the tile state (cheaper context switches, C-states)
