@@ -893,6 +893,7 @@ def test_unknown_isa(name, monkeypatch):
         load(GOOD, isa=name)
     assert not isinstance(info.value, ModelFileError)
     assert "generic" in str(info.value)  # lists what this build has
+    assert "XNORNET_ISA" not in str(info.value)  # the name came from the argument
 
 
 @pytest.mark.skipif(not UNSUPPORTED, reason="this CPU supports every implementation")
@@ -917,8 +918,10 @@ def test_env_var_forces_the_isa(isa, monkeypatch):
 
 def test_env_var_unknown_isa(monkeypatch):
     monkeypatch.setenv("XNORNET_ISA", "pentium4")
-    with pytest.raises(ValueError, match="pentium4"):
+    with pytest.raises(ValueError, match=r"pentium4' \(from \$XNORNET_ISA\)"):
         load(GOOD)
+    with pytest.raises(ValueError, match=r"pentium4' \(from \$XNORNET_ISA\)"):
+        xengine.default_isa()
     assert load(GOOD, isa="generic").isa == "generic"
 
 
@@ -1003,6 +1006,51 @@ def test_threads_validation(threads, tmp_path):
     path.write_bytes(GOOD)
     with pytest.raises(ValueError, match="threads"):
         Engine.load(path, threads=threads)
+
+
+@pytest.mark.parametrize("threads", [np.int64(2), np.int32(3), np.uint8(1)])
+def test_threads_accepts_numpy_integers(threads):
+    assert Engine.from_bytes(GOOD, threads=threads).threads == int(threads)
+
+
+# A child forked after its parent ran an engine on several threads: GNU OpenMP's pool does not
+# survive fork, so without the fork hook the child's first parallel run waits forever.
+FORK_SCRIPT = """
+import os, sys, warnings
+import numpy as np
+from xnornet.engine import Engine
+path, parent_threads = sys.argv[1], int(sys.argv[2])
+x = np.random.default_rng(0).integers(0, 256, (9, 8, 8, 3), dtype=np.uint8)
+want = Engine.load(path, threads=parent_threads).run(x)
+pid = os.fork()
+if pid == 0:
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        e = Engine.load(path, threads=2)
+    ok = np.array_equal(e.run(x), want) and np.array_equal(e.run(x[:1]), want[:1])
+    warned = any("fork" in str(w.message) for w in caught)
+    print(f"child threads={e.threads} warned={warned} same={ok}", flush=True)
+    os._exit(0 if ok else 1)
+_, status = os.waitpid(pid, 0)
+sys.exit(os.waitstatus_to_exitcode(status))
+"""
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork()")
+@pytest.mark.parametrize("parent_threads", [1, 2])
+def test_forked_child_runs_and_does_not_hang(parent_threads, tmp_path):
+    path = tmp_path / "m.xnor"
+    path.write_bytes(GOOD)
+    try:
+        out = subprocess.run([sys.executable, "-c", FORK_SCRIPT, str(path), str(parent_threads)],
+                             capture_output=True, text=True, timeout=120)
+    except subprocess.TimeoutExpired:
+        pytest.fail("the forked child's engine hung")
+    assert out.returncode == 0, out.stdout + out.stderr
+    if parent_threads > 1:  # the parent's pool is gone: one thread, and a warning that says why
+        assert "child threads=1 warned=True same=True" in out.stdout, out.stdout
+    else:  # no pool was started before the fork: the child keeps its threads
+        assert "child threads=2 warned=False same=True" in out.stdout, out.stdout
 
 
 @pytest.mark.parametrize("threads", [2**31, 2**40])

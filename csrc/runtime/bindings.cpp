@@ -91,6 +91,10 @@ NB_MODULE(_engine, m) {
     }, nb::arg("isa"), nb::arg("seconds") = 1.0,
        "Binary MACs/s of a register-only XOR-popcount loop on one thread (best of repeats).");
 
+    m.def("forked_serial", &forked_serial_engines,
+          "True in a process forked after an engine of its parent ran on several threads: engines "
+          "here run on one thread (GNU OpenMP's thread pool does not survive fork).");
+
     nb::class_<Engine>(m, "Engine")
         .def("__init__", [](Engine* self, nb::bytes data, int threads, const std::string& isa) {
             std::vector<uint8_t> bytes(data.size());

@@ -36,10 +36,11 @@ const std::vector<Implementation>& implementations() {
 }
 
 const Implementation& select_implementation(const std::string& requested) {
-    std::string name = requested;
+    std::string name = requested, source = "requested";
     if (name.empty() || name == "auto") {
         const char* env = std::getenv("XNORNET_ISA");
         name = (env && *env) ? env : "auto";
+        if (env && *env) source = "from $XNORNET_ISA";
     }
     std::string known;
     for (const auto& impl : implementations()) {
@@ -51,7 +52,7 @@ const Implementation& select_implementation(const std::string& requested) {
         }
         known += (known.empty() ? "" : ", ") + impl.name;
     }
-    throw std::invalid_argument("unknown ISA '" + name + "' (XNORNET_ISA); this build has: " + known);
+    throw std::invalid_argument("unknown ISA '" + name + "' (" + source + "); this build has: " + known);
 }
 
 }  // namespace xnornet

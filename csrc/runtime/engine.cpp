@@ -1,6 +1,7 @@
 #include "runtime/engine.h"
 
 #include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <cstring>
 #include <functional>
@@ -9,6 +10,9 @@
 
 #include "kernels/bconv.h"
 
+#if defined(__unix__) || defined(__APPLE__)
+#include <pthread.h>
+#endif
 #ifdef _OPENMP
 #include <omp.h>
 #else
@@ -19,6 +23,17 @@ inline int omp_get_max_threads() { return 1; }
 namespace xnornet {
 
 namespace {
+
+// GNU OpenMP's thread pool does not survive fork(): in a child whose parent had run a parallel
+// region on several threads, the next such region waits forever for threads that are gone. So
+// once a run has used several threads, a forked child runs every engine on one thread (PyTorch
+// does the same for its own pool); `spawn` children start afresh and keep their threads.
+std::atomic<bool> pool_started{false}, forked_serial{false};
+#if defined(__unix__) || defined(__APPLE__)
+const int fork_hook = pthread_atfork(nullptr, nullptr, [] {
+    if (pool_started.load()) forked_serial.store(true);
+});
+#endif
 
 constexpr int kMaxThreads = 1024;  // beyond this OpenMP runtimes fail; far past any real CPU
 // Images per image-major group for kernels with layer_images. 4 against 1 (one image at a time):
@@ -197,6 +212,10 @@ Engine::Engine(Model model, int threads, const std::string& isa)
 
 Engine::~Engine() = default;
 
+int Engine::threads() const { return forked_serial.load() ? 1 : threads_; }
+
+bool forked_serial_engines() { return forked_serial.load(); }
+
 int Engine::input_channels() const {
     for (const Op& op : model_.ops)
         if (is_compute(op)) return op.cin;
@@ -295,21 +314,22 @@ Engine::Workspace* Engine::acquire(int n, int h, int w) {
         }
         ws->layers.push_back(std::move(L));
     }
-    ws->image_major = n >= threads_;
+    const int threads = this->threads();
+    ws->image_major = n >= threads;
     // Kernels that take several images per call (tile products: each weight load serves them
     // all) get groups of a few images per thread.
     const Kernels& K = *impl_->kernels;
     ws->group = ws->image_major && K.layer_images && max_act / n <= kGroupImageFloats
-                    ? group_size(n, threads_) : 1;
+                    ? group_size(n, threads) : 1;
     const size_t group = ws->image_major ? ws->group : n;  // images per buffer set
-    ws->buffers.resize(ws->image_major ? threads_ : 1);
+    ws->buffers.resize(ws->image_major ? threads : 1);
     for (Buffers& b : ws->buffers) {
         for (auto& a : b.act) a.assign(max_act / n * group, 0.f);
         for (auto& bb : b.bits) bb.assign(max_bits / n * group, 0);
     }
     ws->pop_stride = max_pop, ws->row_stride = max_row;
-    ws->pop.assign(max_pop * threads_, 0);
-    ws->row.assign(max_row * threads_, 0.f);
+    ws->pop.assign(max_pop * threads, 0);
+    ws->row.assign(max_row * threads, 0.f);
     return ws.release();
 }
 
@@ -333,7 +353,7 @@ void Engine::run_graph(Workspace& ws, Buffers& buf, int n, int first_img, float*
                        bool parallel, std::vector<double>* times) {
     using clock = std::chrono::steady_clock;
     const Kernels& K = *impl_->kernels;
-    const int threads = parallel ? threads_ : 1;
+    const int threads = parallel ? this->threads() : 1;
     auto mark = clock::now();
     auto lap = [&](size_t i) {
         if (!times) return;
@@ -405,9 +425,11 @@ void Engine::execute(Workspace& ws, const std::function<void(float*, int)>& fill
     std::vector<double> times(profiling ? ws.layers.size() : 0, 0.0);
     std::vector<double>* t = profiling ? &times : nullptr;
     const size_t image_floats = size_t(ws.h) * ws.w * input_channels();
+    const int threads = this->threads();
+    if (threads > 1) pool_started.store(true);
     if (ws.image_major) {
         const int G = ws.group, groups = (ws.n + G - 1) / G;
-#pragma omp parallel for schedule(dynamic, 1) num_threads(threads_)
+#pragma omp parallel for schedule(dynamic, 1) num_threads(threads)
         for (int g = 0; g < groups; ++g) {
             const int me = omp_get_thread_num();
             Buffers& buf = ws.buffers[me];
@@ -417,7 +439,7 @@ void Engine::execute(Workspace& ws, const std::function<void(float*, int)>& fill
         }
     } else {
         Buffers& buf = ws.buffers[0];
-#pragma omp parallel for schedule(static) num_threads(threads_)
+#pragma omp parallel for schedule(static) num_threads(threads)
         for (int img = 0; img < ws.n; ++img) fill(buf.act[0].data() + img * image_floats, img);
         run_graph(ws, buf, ws.n, 0, out, true, t);
     }

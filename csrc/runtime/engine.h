@@ -15,6 +15,10 @@
 
 namespace xnornet {
 
+// True in a process forked after one of its parent's engines ran on several threads: every
+// engine here then runs on one thread (GNU OpenMP's thread pool does not survive fork).
+bool forked_serial_engines();
+
 class Engine {
 public:
     // threads <= 0: all cores (OpenMP's default). isa: "" / "auto" / "amx+avx512" / "avx512" /
@@ -37,7 +41,9 @@ public:
     bool has_input_normalization() const;
     const std::vector<std::string>& class_names() const { return model_.class_names; }
     const std::string& isa() const { return impl_->name; }
-    int threads() const { return threads_; }
+    // Threads a run uses: threads_, or 1 in a process forked after some engine of its parent
+    // ran on several threads (see forked_serial in engine.cpp).
+    int threads() const;
 
     struct Workspace;  // per-shape plan and buffers
 private:

@@ -10,7 +10,9 @@ graph in one call, without the GIL, so several threads may share one engine.
 from __future__ import annotations
 
 import importlib.util
+import operator
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -49,6 +51,21 @@ def implementations() -> list[dict]:
     return list(_engine.implementations())
 
 
+def _thread_count(threads):
+    """None, or an int (numpy integers too) in 1..MAX_THREADS."""
+    if threads is None:
+        return None
+    try:
+        if isinstance(threads, bool):
+            raise TypeError
+        n = operator.index(threads)
+    except TypeError:
+        n = None
+    if n is None or not 1 <= n <= MAX_THREADS:
+        raise ValueError(f"threads must be an int in 1..{MAX_THREADS} or None, got {threads!r}")
+    return n
+
+
 class Engine:
     def __init__(self, native, source: str):
         self._native = native
@@ -66,9 +83,7 @@ class Engine:
     @classmethod
     def from_bytes(cls, data: bytes, threads: int | None = None, isa: str | None = None,
                    source: str = "model") -> "Engine":
-        if threads is not None and (not isinstance(threads, int) or isinstance(threads, bool)
-                                    or not 1 <= threads <= MAX_THREADS):
-            raise ValueError(f"threads must be an int in 1..{MAX_THREADS} or None, got {threads!r}")
+        threads = _thread_count(threads)
         try:
             native = _engine.Engine(bytes(data), threads or 0, isa or "")
         except ValueError as e:
@@ -76,6 +91,11 @@ class Engine:
             if "ISA" in msg:
                 raise ValueError(msg) from None
             raise ModelFileError(f"{source}: {msg}") from None
+        if _engine.forked_serial() and threads != 1:
+            warnings.warn("this process was forked after its parent ran an engine on several threads; "
+                          "GNU OpenMP's thread pool does not survive fork, so engines here run on one "
+                          "thread (start worker processes with the 'spawn' method to keep threads)",
+                          RuntimeWarning, stacklevel=3)
         return cls(native, source)
 
     @property
@@ -138,8 +158,14 @@ class Engine:
 
 
 def default_isa() -> str:
-    """The implementation Engine.load would pick now (honours $XNORNET_ISA)."""
+    """The implementation Engine.load would pick now (honours $XNORNET_ISA; ValueError when it
+    names one this build lacks or this CPU cannot run, as Engine.load would raise)."""
     forced = os.environ.get("XNORNET_ISA") or "auto"  # empty means auto, as in Engine.load
-    if forced != "auto":
-        return forced
-    return next(i["name"] for i in implementations() if i["supported"] and i["automatic"])
+    if forced == "auto":
+        return next(i["name"] for i in implementations() if i["supported"] and i["automatic"])
+    known = {i["name"]: i for i in implementations()}
+    if forced not in known:
+        raise ValueError(f"unknown ISA '{forced}' (from $XNORNET_ISA); this build has: {', '.join(known)}")
+    if not known[forced]["supported"]:
+        raise ValueError(f"ISA '{forced}' (from $XNORNET_ISA) is not supported on this CPU")
+    return forced
