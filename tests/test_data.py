@@ -383,6 +383,102 @@ def test_image_folder_second_load_uses_npy_cache(tmp_path, monkeypatch):
     assert len(third.train) == len(first.train) + 1
 
 
+def _corrupt_cache_cases():
+    header = io.BytesIO()
+    np.save(header, np.zeros((1000, 32, 32, 3), np.uint8))  # a header promising 3 MB
+    return {
+        "truncated": lambda b: b[:len(b) // 2],
+        "garbage": lambda b: b"\x00garbage, not an array" * 10,
+        "empty": lambda b: b"",
+        "pickled": lambda b: pickle.dumps(np.zeros(3, object)),
+        "header only": lambda b: b[:60],
+        "absurd shape": lambda b: header.getvalue()[:128],
+    }
+
+
+@pytest.mark.parametrize("which", ["test_images.npy", "test_labels.npy"])
+@pytest.mark.parametrize("case", list(_corrupt_cache_cases()))
+def test_corrupt_npy_cache_is_decoded_again(tmp_path, monkeypatch, which, case):
+    """A torn or overwritten cache file costs a re-decode and a warning naming it; never numpy's
+    messages ("Failed to read all data", "... allow_pickle", which suggests unsafe loading)."""
+    root = tmp_path / "folder"
+    _make_folder(root, _COUNTS)
+    first = load_cifar10(root, download=False, progress=False, test_only=True)
+    [bad] = (tmp_path / "xnornet-cache" / "decoded").rglob(which)
+    bad.write_bytes(_corrupt_cache_cases()[case](bad.read_bytes()))
+
+    with pytest.warns(UserWarning) as record:
+        again = load_cifar10(root, download=False, progress=False, test_only=True)
+    [w] = [str(r.message) for r in record]
+    assert str(bad) in w and "corrupt cache file" in w and "decoding the images again" in w
+    assert "allow_pickle" not in w and "Failed to read" not in w
+    np.testing.assert_array_equal(again.test.images, first.test.images)
+    np.testing.assert_array_equal(again.test.labels, first.test.labels)
+    _forbid_decode(monkeypatch)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the cache was rewritten: served from it, silently
+        load_cifar10(root, download=False, progress=False, test_only=True)
+
+
+@pytest.mark.parametrize("which, arr", [
+    ("test_images.npy", np.zeros((3, 32, 32, 3), np.uint8)),   # wrong count
+    ("test_images.npy", np.zeros((4, 32, 32, 3), np.float32)),  # wrong dtype
+    ("test_labels.npy", np.array([0, 1, 2, 1], np.int64)),      # not the folder's labels
+])
+def test_npy_cache_of_the_wrong_shape_or_labels_is_decoded_again(tmp_path, which, arr):
+    root = tmp_path / "folder"
+    _make_folder(root, _COUNTS)
+    first = load_cifar10(root, download=False, progress=False, test_only=True)
+    [bad] = (tmp_path / "xnornet-cache" / "decoded").rglob(which)
+    np.save(bad, arr)
+    with pytest.warns(UserWarning, match="corrupt cache file .*" + bad.name):
+        again = load_cifar10(root, download=False, progress=False, test_only=True)
+    np.testing.assert_array_equal(again.test.labels, first.test.labels)
+    np.testing.assert_array_equal(again.test.images, first.test.images)
+
+
+def test_npy_cache_files_follow_the_umask(tmp_path):
+    root = tmp_path / "folder"
+    _make_folder(root, _COUNTS)
+    old = os.umask(0o022)
+    try:
+        load_cifar10(root, download=False, progress=False, test_only=True)
+    finally:
+        os.umask(old)
+    npys = list((tmp_path / "xnornet-cache" / "decoded").rglob("*.npy"))
+    assert len(npys) == 2
+    assert all(p.stat().st_mode & 0o777 == 0o644 for p in npys)  # not mkstemp's 0600
+
+
+def test_npy_cache_write_failure_leaves_no_temp_file(tmp_path, monkeypatch):
+    root = tmp_path / "folder"
+    _make_folder(root, _COUNTS)
+    def full_disk(*a, **k):
+        raise OSError(28, "No space left on device")
+    monkeypatch.setattr(np, "save", full_disk)
+    with pytest.raises(OSError, match="No space"):
+        load_cifar10(root, download=False, progress=False, test_only=True)
+    assert not [p for p in (tmp_path / "xnornet-cache").rglob("*") if p.is_file()]
+
+
+def test_image_folder_16bit_and_exif_rotated_images(tmp_path):
+    """The loader decodes with the same to_rgb as `predict`: 16-bit scaled, EXIF applied."""
+    root = tmp_path / "folder"
+    _make_folder(root, {"train": {"a": 1}, "test": {"a": 1}})
+    gradient = (np.arange(32 * 32, dtype=np.uint16) * 64).reshape(32, 32)
+    Image.fromarray(gradient).save(root / "train" / "a" / "g16.png")
+    upright = np.random.default_rng(5).integers(0, 256, (32, 32, 3), dtype=np.uint8)
+    sideways = Image.fromarray(np.ascontiguousarray(np.rot90(upright)))
+    exif = sideways.getexif()
+    exif[0x0112] = 6  # Orientation: rotate 90 degrees clockwise to view
+    sideways.save(root / "train" / "a" / "phone.png", exif=exif)
+
+    ds = load_cifar10(root, download=False, progress=False)
+    assert len(ds.train) == 3  # 000.png, g16.png, phone.png
+    np.testing.assert_array_equal(ds.train.images[1], np.stack([gradient >> 8] * 3, axis=-1))
+    np.testing.assert_array_equal(ds.train.images[2], upright)
+
+
 @pytest.mark.parametrize("split", ["train", "test"])
 @pytest.mark.parametrize("size", [(31, 32), (32, 33), (64, 64)])
 def test_image_folder_wrong_size_is_data_error(tmp_path, split, size):

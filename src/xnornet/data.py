@@ -235,6 +235,55 @@ def _list_folder(split_dir: Path, classes: list[str]) -> list[tuple[Path, int]]:
     return out
 
 
+def to_rgb(im) -> np.ndarray:
+    """A Pillow image as (H, W, 3) uint8 RGB, turned upright as its EXIF orientation says.
+
+    Used for training data and for ``predict`` alike, so both see an image the same way.
+    """
+    im = _upright(im)
+    if im.mode in ("I", "F") or im.mode.startswith("I;16"):
+        # convert("RGB") clips these to 255 instead of scaling them: a 16-bit gray PNG would
+        # come out all white.
+        gray = _wide_to_8bit(np.asarray(im), im.mode)
+        return np.repeat(gray[..., None], 3, axis=-1)
+    return np.asarray(im.convert("RGB"))
+
+
+_ORIENTATION = 0x0112  # EXIF tag
+
+
+def _upright(im):
+    """Phone photos are stored sideways with an EXIF Orientation tag; apply it."""
+    import warnings
+    from PIL import ImageOps
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # Pillow's "Corrupt EXIF data", which names no file
+            orientation = im.getexif().get(_ORIENTATION, 1)
+    # Pillow's EXIF parser raises assorted types (SyntaxError, struct.error, ...) on malformed
+    # metadata; the pixels are still fine, so such an image is taken as stored, as before.
+    except Exception:
+        return im
+    return im if orientation == 1 else ImageOps.exif_transpose(im)
+
+
+def _wide_to_8bit(a: np.ndarray, mode: str) -> np.ndarray:
+    """Samples of a 16/32-bit integer ("I;16*", "I") or float ("F") gray image -> uint8."""
+    if mode == "F":
+        a = np.nan_to_num(a.astype(np.float64))
+        # Floats within [0, 1] are taken as normalised intensities; anything else as 0..255
+        # values, clipped (there is no other convention to tell them apart by).
+        if a.size and a.min() >= 0 and a.max() <= 1:
+            a = a * 255
+        return np.clip(np.rint(a), 0, 255).astype(np.uint8)
+    a = np.clip(a.astype(np.int64), 0, None)
+    # Mode "I" holds int32, but it is where Pillow puts 16-bit PNG/TIFF samples (older Pillow
+    # opened every 16-bit PNG as "I"), so values that fit in 16 bits are taken as 16-bit; only
+    # wider values are scaled from the full non-negative int32 range.
+    shift = 23 if mode == "I" and a.size and a.max() > 0xFFFF else 8
+    return (np.minimum(a, (1 << (shift + 8)) - 1) >> shift).astype(np.uint8)
+
+
 def _decode(files: list[tuple[Path, int]], desc: str, progress: bool) -> Split:
     from PIL import Image
     from tqdm import tqdm
@@ -244,7 +293,7 @@ def _decode(files: list[tuple[Path, int]], desc: str, progress: bool) -> Split:
                                        mininterval=1.0)):
         try:
             with Image.open(path) as im:
-                arr = np.asarray(im.convert("RGB"))
+                arr = to_rgb(im)
         except (OSError, Image.DecompressionBombError) as e:
             raise DataError(f"cannot decode image {path}: {e}") from e
         if arr.shape != (32, 32, 3):
@@ -272,8 +321,10 @@ def load_image_folder(root: Path, progress: bool = True,
             raise DataError(f"{root / s} holds no images ({', '.join(IMAGE_SUFFIXES)} files "
                             f"in its class folders)")
         x_path, y_path = cached / f"{s}_images.npy", cached / f"{s}_labels.npy"
-        if x_path.is_file() and y_path.is_file():
-            splits[s] = Split(np.load(x_path), np.load(y_path))
+        labels = np.array([label for _, label in listing[s]], np.int64)
+        hit = _load_cached(x_path, y_path, labels)
+        if hit is not None:
+            splits[s] = hit
             continue
         splits[s] = _decode(listing[s], f"decoding {s}", progress)
         cached.mkdir(parents=True, exist_ok=True)
@@ -282,11 +333,64 @@ def load_image_folder(root: Path, progress: bool = True,
     return splits["train"], splits["test"], tuple(classes)
 
 
+def _load_cached(x_path: Path, y_path: Path, labels: np.ndarray) -> Split | None:
+    """The cached split, or None to decode it (again) when the cache is absent or corrupt.
+
+    A cache file can be torn (full disk, a copy cut short) or overwritten; it is only a copy of
+    the images, so that costs a re-decode and a warning, not an error. Nothing is unpickled.
+    """
+    if not (x_path.is_file() and y_path.is_file()):
+        return None
+    x = _read_npy(x_path, np.uint8, (len(labels), 32, 32, 3))
+    y = _read_npy(y_path, np.int64, labels.shape)
+    if x is None or y is None:
+        return None
+    if not np.array_equal(y, labels):  # the cache key covers the labels, so this is corruption
+        _warn_corrupt(y_path, "labels that do not match the image folder")
+        return None
+    return Split(x, y)
+
+
+def _read_npy(path: Path, dtype, shape: tuple) -> np.ndarray | None:
+    try:
+        # Memory-mapped first, so a header claiming an absurd shape is refused before any of it
+        # is read into memory; np.array then reads it (and closes the map).
+        arr = np.load(path, mmap_mode="r", allow_pickle=False)
+        if arr.dtype != dtype or arr.shape != shape:
+            _warn_corrupt(path, f"{arr.dtype} {arr.shape}, expected {np.dtype(dtype)} {shape}")
+            return None
+        return np.array(arr)
+    # numpy's own messages ("Failed to read all data", "... allow_pickle") do not name the file,
+    # and the latter suggests unsafe loading.
+    except (ValueError, OSError, EOFError):
+        _warn_corrupt(path, "not a readable .npy file")
+        return None
+
+
+def _warn_corrupt(path: Path, what: str) -> None:
+    import warnings
+    warnings.warn(f"ignoring corrupt cache file {path} ({what}); decoding the images again "
+                  "(the cache file is rewritten)")
+
+
 def _atomic_npy(path: Path, arr: np.ndarray) -> None:
+    """Written to a temporary name and renamed into place, so no reader sees a torn file."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".npy.tmp")
-    with os.fdopen(fd, "wb") as f:
-        np.save(f, arr)
-    os.replace(tmp, path)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.save(f, arr)
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it 0600; like any output, follow umask
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _umask() -> int:
+    """The process umask: reading it means setting it, so it is put straight back."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 # ---------------------------------------------------------------- download
