@@ -126,3 +126,26 @@ def test_bench_kernels_reports_every_op_of_the_run(files, tmp_path):
     assert text.count("\n| ") == len(binary) + 1  # header and one row per binary conv
     plot_kernels(result, tmp_path / "k.png")
     assert (tmp_path / "k.png").stat().st_size > 0
+
+
+def test_bench_refuses_an_empty_engine_list(files, capsys, monkeypatch):
+    from xnornet import e2e_bench
+    monkeypatch.setattr(e2e_bench, "run_bench", lambda *a, **k: pytest.fail("ran the bench"))
+    _, _, model, _ = files
+    for engines in (",", "", ",,"):
+        assert cli.main(["bench", "--model-file", str(model), "--engines", engines, "--quick"]) == 2
+        err = capsys.readouterr().err
+        assert "--engines" in err and "no engine named" in err and "xnornet" in err
+
+
+def test_bench_kernels_refuses_a_model_without_binary_convs(files, capsys, monkeypatch):
+    """An exported FP32 teacher has no binary conv to time: an error, not an empty table."""
+    import xnornet.bench
+    monkeypatch.setattr(xnornet.bench, "bench_kernels", lambda *a, **k: pytest.fail("timed it"))
+    tmp, _, _, teacher = files
+    fp32 = tmp / "teacher.xnor"
+    export_model(teacher, fp32)
+    assert cli.main(["bench", "kernels", "--model-file", str(fp32)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("xnornet bench: error:") and "has no binary conv layers" in err
+    assert str(fp32) in err

@@ -330,3 +330,75 @@ def test_train_alias_writes_to_the_models_own_folder(monkeypatch):
     monkeypatch.setattr(xtrain, "train", lambda cfg: seen.append(cfg) or None)
     assert cli.main(["train", "--model", "baseline", "--epochs", "1"]) == 0
     assert seen[0].model == "fp32" and seen[0].out == "runs/fp32"
+
+
+def test_export_never_writes_over_its_input_or_one_output_over_the_other(ckpt, tmp_path, capsys,
+                                                                          monkeypatch):
+    """`--out` naming the checkpoint (however spelled) would replace it with the .xnor; `--out X
+    --onnx X` would leave only the ONNX. Both refused before anything is written."""
+    import shutil
+    mine = tmp_path / "ck.safetensors"
+    shutil.copy(ckpt, mine)
+    original = mine.read_bytes()
+    (tmp_path / "link.safetensors").symlink_to(mine)
+    monkeypatch.chdir(tmp_path)
+    for out in (str(mine), "ck.safetensors", f"../{tmp_path.name}/ck.safetensors", "link.safetensors"):
+        err = _error(capsys, ["export", "--checkpoint", str(mine), "--out", out])
+        assert "is the --checkpoint file" in err and "replace the input" in err
+    err = _error(capsys, ["export", "--checkpoint", str(mine), "--out", "m.xnor", "--onnx", str(mine)])
+    assert "--onnx" in err and "is the --checkpoint file" in err
+    err = _error(capsys, ["export", "--checkpoint", str(mine), "--out", "m.xnor", "--onnx", "./m.xnor"])
+    assert "--out and --onnx are one file" in err
+    assert mine.read_bytes() == original
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ck.safetensors", "link.safetensors"]
+
+
+def test_files_that_are_not_regular_files_are_named_so(capsys):
+    """A device (or a FIFO) exists: "does not exist" would send the user looking for a typo."""
+    assert "model file /dev/zero is not a regular file" in _error(
+        capsys, ["summary", "--model-file", "/dev/zero"])
+    assert "checkpoint /dev/null is not a regular file" in _error(
+        capsys, ["export", "--checkpoint", "/dev/null", "--out", "/tmp/never-written.xnor"])
+    assert "does not exist" in _error(capsys, ["summary", "--model-file", "/no/such/file.xnor"])
+
+
+@pytest.mark.parametrize("kind", ["bireal", "xnor", "fp32"])
+def test_summary_counts_binary_weights_as_the_model_file_does(kind, tmp_path, capsys):
+    """The learnable per-channel scales (alpha) of a binary conv are 32-bit floats, not binary
+    parameters: `summary --checkpoint` and `summary --model-file` agree on the binary count."""
+    import re
+    path, model = _checkpoint(kind, tmp_path, widths=(64, 128), depths=(1, 1))
+    export_model(path, tmp_path / "m.xnor")
+    assert cli.main(["summary", "--checkpoint", str(path)]) == 0
+    torch_side = capsys.readouterr().out
+    assert cli.main(["summary", "--model-file", str(tmp_path / "m.xnor")]) == 0
+    file_side = capsys.readouterr().out
+    binary = int(re.search(r"parameters: ([\d,]+) binary", torch_side)[1].replace(",", ""))
+    floats = int(re.search(r"binary \(1 bit\), ([\d,]+) float", torch_side)[1].replace(",", ""))
+    in_file = int(re.search(r"([\d,]+) binary weights", file_side)[1].replace(",", ""))
+    assert binary == in_file
+    assert binary + floats == sum(p.numel() for p in model.parameters())
+    if kind != "fp32":
+        assert binary == 64 * 64 * 9 + 64 * 128 * 9  # the two binary convs' kernels, nothing else
+
+
+def test_train_refuses_an_out_folder_holding_a_run_and_cutout_as_big_as_the_image(
+        tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("XNORNET_DATA", str(tmp_path / "no-data-here"))  # refused before the data
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "model.safetensors").write_bytes(b"hours of training")
+    err = _error(capsys, ["train", "--out", str(run), "--epochs", "1"])
+    assert "already holds a run (model.safetensors)" in err and "--overwrite" in err
+    assert (run / "model.safetensors").read_bytes() == b"hours of training"
+    assert "--overwrite and --resume" in _error(capsys, ["train", "--out", str(run), "--overwrite",
+                                                         "--resume"])
+    assert "--cutout" in _error(capsys, ["train", "--cutout", "100", "--out", str(tmp_path / "new")])
+    import xnornet.train as xtrain
+    seen = []
+    monkeypatch.setattr(xtrain, "train", lambda cfg: seen.append(cfg) or None)
+    assert cli.main(["train", "--out", str(run), "--overwrite"]) == 0
+    assert seen[0].overwrite and not seen[0].resume
+    with pytest.raises(SystemExit):
+        cli.main(["train", "--help"])
+    assert "--overwrite" in capsys.readouterr().out

@@ -241,6 +241,39 @@ def test_resume_refuses_another_model(separable_data, tmp_path):
         train(_cfg(separable_data, tmp_path, epochs=2, model="xnor", resume=True))
 
 
+def test_a_run_folder_is_not_overwritten_unless_asked(separable_data, tmp_path):
+    """A second run into an --out that holds one (here another model) is refused before any data
+    is read, and leaves it as it was; --overwrite replaces it; --resume continues it."""
+    train(_cfg(separable_data, tmp_path, model="fp32", epochs=1))
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    with pytest.raises(ValueError, match="already holds a run .*--resume.*--overwrite"):
+        train(_cfg(tmp_path / "no-data", tmp_path, model="xnor", epochs=1))
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
+    (tmp_path / "checkpoint.safetensors").unlink()  # model.safetensors alone is a run too
+    with pytest.raises(ValueError, match=r"already holds a run \(model.safetensors\)"):
+        train(_cfg(tmp_path / "no-data", tmp_path, model="xnor", epochs=1))
+    with pytest.raises(ValueError, match="--overwrite and --resume"):
+        _cfg(separable_data, tmp_path, epochs=1, overwrite=True, resume=True)
+    train(_cfg(separable_data, tmp_path, model="xnor", epochs=1, overwrite=True))
+    assert read_checkpoint(tmp_path / "model.safetensors")[1]["model_config"]["kind"] == "xnor"
+    assert train(_cfg(separable_data, tmp_path, model="xnor", epochs=1, resume=True))["epoch"] == 1
+
+
+def test_kd_warns_when_the_teacher_is_not_fp32(tmp_path, capsys):
+    from xnornet.train import _check_before_data
+    for kind in ("fp32", "bireal"):
+        model = build_model(kind, **TINY)
+        save_checkpoint(tmp_path / f"{kind}.safetensors", model, {"model_config": model.config.to_dict()})
+    _check_before_data(TrainConfig(kd=True, teacher_path=str(tmp_path / "fp32.safetensors"),
+                                   out=str(tmp_path / "run"), **TINY))
+    assert capsys.readouterr().err == ""
+    _check_before_data(TrainConfig(kd=True, teacher_path=str(tmp_path / "bireal.safetensors"),
+                                   out=str(tmp_path / "run"), **TINY))
+    err = capsys.readouterr().err
+    assert err.startswith("warning: --teacher-path") and "kind bireal, not the fp32 teacher" in err
+    assert err.count("\n") == 1
+
+
 def test_cutout_training_and_resume_checks_it(separable_data, tmp_path):
     row = train(_cfg(separable_data, tmp_path, model="fp32", epochs=2, cutout=8))
     assert row["test_acc"] > 0.3
@@ -338,6 +371,9 @@ def test_config_errors():
         TrainConfig(kd=True, teacher_path="x", kd_alpha=1.5)
     with pytest.raises(ValueError, match="--cutout"):
         TrainConfig(cutout=-1)
+    with pytest.raises(ValueError, match="--cutout .* smaller than the 32-pixel image side, got 32"):
+        TrainConfig(cutout=32)  # a 32x32 square can blank the whole image
+    assert TrainConfig(cutout=31).cutout == 31
     with pytest.raises(ValueError, match="--real-weights"):
         TrainConfig(model="fp32", real_weights=True)
     with pytest.raises(ValueError, match="no binary weights"):

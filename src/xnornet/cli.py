@@ -54,13 +54,31 @@ def _plot_formats() -> set[str]:
     return {"." + ext for ext in FigureCanvasBase.get_supported_filetypes()}
 
 
-def check_output_paths(**paths) -> None:
+def _flag(option: str) -> str:
+    return "--" + option.replace("_", "-")
+
+
+def same_file(a, b) -> bool:
+    """Whether two paths name one file: os.path.samefile where both exist (links, other
+    spellings), else the same resolved path (a file about to be written)."""
+    import os
+    a, b = Path(a), Path(b)
+    try:
+        if a.exists() and b.exists():
+            return os.path.samefile(a, b)
+    except OSError:
+        pass
+    return a.resolve() == b.resolve()
+
+
+def check_output_paths(inputs: dict | None = None, **paths) -> None:
     """Output files are written after the work: check at the start that they can be, so a typo
-    does not lose a ten-minute run. Keyword: the option's name, value: the path (or None)."""
-    for option, path in paths.items():
-        if not path:
-            continue
-        flag, p = "--" + option.replace("_", "-"), Path(path)
+    does not lose a ten-minute run. Keyword: the option's name, value: the path (or None).
+    ``inputs``: option name -> path of the files the command reads, which no output may replace;
+    no two outputs may be one file either (the second would overwrite the first)."""
+    given = {option: path for option, path in paths.items() if path}
+    for option, path in given.items():
+        flag, p = _flag(option), Path(path)
         if p.is_dir():
             raise ValueError(f"{flag} {p}: is a folder; give a file name")
         if not p.parent.is_dir():
@@ -68,6 +86,17 @@ def check_output_paths(**paths) -> None:
         if option.endswith("plot") and p.suffix.lower() not in (formats := _plot_formats()):
             raise ValueError(f"{flag} {p}: unknown image format {p.suffix or '(no extension)'!r}; "
                              f"use one of {', '.join(sorted(formats))}")
+    for option, path in given.items():
+        for other, src in (inputs or {}).items():
+            if src and same_file(path, src):
+                raise ValueError(f"{_flag(option)} {path}: is the {_flag(other)} file; writing it "
+                                 "would replace the input (give another path)")
+    names = list(given)
+    for i, option in enumerate(names):
+        for other in names[i + 1:]:
+            if same_file(given[option], given[other]):
+                raise ValueError(f"{_flag(option)} and {_flag(other)} are one file ({given[other]}); "
+                                 "give each output its own path")
 
 
 def _add_trunk_args(p, defaults: bool = True):
@@ -100,7 +129,7 @@ def add_train(sub):
     p.add_argument("--label-smoothing", type=float, default=0.0, help="default 0 (off)")
     p.add_argument("--cutout", type=int, default=0, metavar="N",
                    help="zero a random NxN square of each training image (after normalization: the "
-                        "mean colour); 16 is the usual CIFAR-10 value; 0 (default): off")
+                        "mean colour); 0 <= N < 32; 16 is the usual CIFAR-10 value; 0 (default): off")
     p.add_argument("--real-weights", action="store_true",
                    help="binary activations, real-valued weights: stage 1 of two-stage training "
                    "(xnor, bireal; not exportable). Stage 2: the same model without this flag, "
@@ -109,19 +138,24 @@ def add_train(sub):
                    help="start from this checkpoint's weights (same network) instead of at random; "
                    "ignored when --resume finds a run to continue")
     p.add_argument("--kd", action="store_true", help="distil from --teacher-path")
-    p.add_argument("--teacher-path", help="checkpoint (model.safetensors) of the fp32 teacher")
+    p.add_argument("--teacher-path", help="checkpoint (model.safetensors) of the fp32 teacher "
+                   "(one of another model kind: used, with a warning)")
     p.add_argument("--kd-alpha", type=float, default=None,
                    help="with --kd: loss = a*CE + (1-a)*T^2*KL (default a=0.5)")
     p.add_argument("--kd-temperature", type=float, default=None,
                    help="with --kd: KD temperature T (default 3)")
     p.add_argument("--data-dir", help=DATA_DIR_HELP)
-    p.add_argument("--out", default=None, help="output folder (default runs/<model>)")
+    p.add_argument("--out", default=None, help="output folder (default runs/<model>); one that "
+                   "already holds a run is refused unless --resume or --overwrite is given")
     p.add_argument("--seed", type=int, default=0, help="default 0")
     p.add_argument("--subset", type=_positive, default=None,
                    help="use only the first N training and N test images (smoke runs)")
     p.add_argument("--resume", action="store_true",
                    help="continue from <out>/checkpoint.safetensors if it exists, else from "
                    "<out>/model.safetensors (optimizer state afresh, with a warning)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="start afresh in an --out that already holds a run (checkpoint.safetensors "
+                   "or model.safetensors), replacing its files")
     p.add_argument("--amp", choices=["auto", "bf16", "off"], default="auto",
                    help="bfloat16 autocast; auto = where the CPU/GPU supports bf16 natively")
     p.add_argument("--compile", choices=["auto", "on", "off"], default="auto",
@@ -143,8 +177,8 @@ def run_train(a) -> int:
                       cutout=a.cutout, real_weights=a.real_weights, init_from=a.init_from, kd=a.kd,
                       teacher_path=a.teacher_path, **kd_knobs, data_dir=a.data_dir,
                       out=a.out or f"runs/{ALIASES.get(a.model, a.model)}", seed=a.seed, subset=a.subset,
-                      resume=a.resume, amp=a.amp, compile=a.compile, widths=a.widths,
-                      depths=a.depths, progress=not a.no_progress)
+                      resume=a.resume, overwrite=a.overwrite, amp=a.amp, compile=a.compile,
+                      widths=a.widths, depths=a.depths, progress=not a.no_progress)
     row = train(cfg)
     if row:
         print(f"done: test accuracy {row['test_acc']:.4f} after {row['epoch']} epochs; "
@@ -253,7 +287,8 @@ def run_eval(a) -> int:
     a.engine = a.engine or "native"
     _refuse_unused(("--threads", a.threads), reason="it sets the native engine's threads; "
                    "PyTorch uses its own", when=a.engine == "torch")
-    check_output_paths(json=a.json_out, plot=a.plot)
+    check_output_paths(json=a.json_out, plot=a.plot,
+                       inputs={"checkpoint": a.checkpoint, "model_file": a.model_file})
     if not a.checkpoint and not a.model_file:
         from .assets import shipped_model
         a.model_file = str(shipped_model())
@@ -318,7 +353,7 @@ def add_export(sub):
 
 def run_export(a) -> int:
     from .export import export_model
-    check_output_paths(out=a.out, onnx=a.onnx)
+    check_output_paths(out=a.out, onnx=a.onnx, inputs={"checkpoint": a.checkpoint})
     if a.onnx:
         import onnx  # noqa: F401  (missing: say so before writing the .xnor)
     info = export_model(a.checkpoint, a.out)
@@ -397,7 +432,12 @@ def _run_bench_kernels(a) -> int:
     if given:
         raise ValueError(f"{', '.join(given)} before `kernels` belong to the end-to-end bench; "
                          "put options after `kernels` (see xnornet bench kernels --help)")
-    check_output_paths(json=a.k_json_out, plot=a.k_plot)
+    check_output_paths(json=a.k_json_out, plot=a.k_plot, inputs={"model_file": a.k_model_file})
+    if a.k_model_file:  # (the shipped and the random default are Bi-Real: they have them)
+        from . import modelfile as mf
+        if not any(op.kind == mf.BCONV for op in mf.read_model(a.k_model_file)):
+            raise ValueError(f"--model-file {a.k_model_file} has no binary conv layers (an FP32 "
+                             "model?): nothing for `bench kernels` to time")
     from .bench import bench_kernels, format_kernels, plot_kernels, random_model_file
     with tempfile.TemporaryDirectory() as tmp:
         from .assets import SHIPPED_MODEL
@@ -423,7 +463,15 @@ def run_bench(a) -> int:
         return _run_bench_kernels(a)
     from . import modelfile as mf
     from .e2e_bench import format_table, plot, run_bench as e2e
-    check_output_paths(json=a.json_out, plot=a.plot)
+    check_output_paths(json=a.json_out, plot=a.plot,
+                       inputs={"model_file": a.model_file, "teacher": a.teacher})
+    engines = [e for e in a.engines.split(",") if e]
+    if not engines:
+        raise ValueError(f"--engines {a.engines!r}: no engine named; choose from "
+                         f"{','.join(ENGINE_NAMES)}")
+    unknown = sorted(set(engines) - set(ENGINE_NAMES))
+    if unknown:
+        raise ValueError(f"unknown engines {unknown}; choose from {','.join(ENGINE_NAMES)}")
     if not a.model_file:
         from .assets import shipped_model
         a.model_file = str(shipped_model())
@@ -431,10 +479,6 @@ def run_bench(a) -> int:
     if a.teacher:
         from .export import check_checkpoint_path
         check_checkpoint_path(Path(a.teacher))
-    engines = [e for e in a.engines.split(",") if e]
-    unknown = sorted(set(engines) - set(ENGINE_NAMES))
-    if unknown:
-        raise ValueError(f"unknown engines {unknown}; choose from {','.join(ENGINE_NAMES)}")
     from .assets import SHIPPED_TEACHER
     teacher = a.teacher or _if_file(SHIPPED_TEACHER)
     rounds = a.rounds or (1 if a.quick else 3)
@@ -468,6 +512,7 @@ def run_predict(a) -> int:
 
     from . import modelfile as mf
     from .assets import shipped_model
+    from .data import to_rgb
     from .engine import Engine
     check_output_paths(json=a.json_out)
     model_file = a.model_file or shipped_model()
@@ -480,7 +525,8 @@ def run_predict(a) -> int:
     for path in a.images:
         try:
             with Image.open(path) as im:
-                batch.append(np.asarray(im.convert("RGB").resize((w, h), Image.BILINEAR)))
+                rgb = Image.fromarray(to_rgb(im))  # upright, 16-bit scaled: as in training data
+            batch.append(np.asarray(rgb.resize((w, h), Image.BILINEAR)))
         except (OSError, UnidentifiedImageError, Image.DecompressionBombError) as e:
             raise ValueError(f"cannot read image {path}: {e}") from None
     logits = engine.run(np.stack(batch))

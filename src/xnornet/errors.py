@@ -14,10 +14,13 @@ class CheckpointError(XnornetError):
 
 
 def require_file(path, what: str, error: type[Exception]) -> None:
-    """Raise error("<what> <path> does not exist" / "... is a folder, not a file") unless path is a file."""
+    """Raise error("<what> <path> does not exist" / "... is a folder, not a file" / "... is not a
+    regular file") unless path is a regular file (a device, a FIFO or a socket is refused too)."""
     from pathlib import Path
     path = Path(path)
     if path.is_dir():
         raise error(f"{what} {path} is a folder, not a file")
-    if not path.is_file():
+    if not path.exists():
         raise error(f"{what} {path} does not exist")
+    if not path.is_file():
+        raise error(f"{what} {path} is not a regular file")

@@ -18,10 +18,11 @@ class LayerRow:
     name: str
     kind: str
     params: int
-    weight_bits: int
+    weight_bits: int                 # of the kernel: 1 for a binary conv's, else 32
     memory_bytes: float
     binary_macs: int
     fp_macs: int
+    binary_params: int = 0           # the 1-bit kernel weights; the rest (alphas, ...) are 32-bit
 
 
 def summarize(model: nn.Module, image_size: int = 32) -> list[LayerRow]:
@@ -32,18 +33,18 @@ def summarize(model: nn.Module, image_size: int = 32) -> list[LayerRow]:
         def fn(mod, inp, out):
             params = sum(p.numel() for p in mod.parameters(recurse=False))
             binary_kernel = isinstance(mod, QuantConv2d) and mod.is_binary
-            weight_bits, mem, macs = 32, 4.0 * params, 0
+            weight_bits, mem, macs, binary_params = 32, 4.0 * params, 0, 0
             if isinstance(mod, nn.Conv2d):
                 k = mod.weight[0].numel()  # C_in/groups * kh * kw
                 macs = out.numel() // out.shape[0] * k
-                if binary_kernel:
-                    weight_bits = 1
-                    mem = mod.weight.numel() / 8 + 4.0 * (params - mod.weight.numel())
+                if binary_kernel:  # the kernel is 1 bit a weight; its scales (alpha) are floats
+                    weight_bits, binary_params = 1, mod.weight.numel()
+                    mem = binary_params / 8 + 4.0 * (params - binary_params)
             elif isinstance(mod, nn.Linear):
                 macs = mod.in_features * mod.out_features
             binary_macs = macs if binary_kernel and mod.input_quantizer is not None else 0
             rows.append(LayerRow(name, type(mod).__name__, params, weight_bits, mem,
-                                 binary_macs, macs - binary_macs))
+                                 binary_macs, macs - binary_macs, binary_params))
         return fn
 
     for name, mod in model.named_modules():
@@ -73,7 +74,7 @@ def format_summary(model: nn.Module, title: str = "") -> str:
     mem = sum(r.memory_bytes for r in rows)
     bmacs = sum(r.binary_macs for r in rows)
     fmacs = sum(r.fp_macs for r in rows)
-    binary_params = sum(r.params for r in rows if r.weight_bits == 1)
+    binary_params = sum(r.binary_params for r in rows)
     lines += ["-" * len(header),
               f"{'total':<28} {'':<12} {params:>9,} {'':>4} {_kib(mem):>10} {bmacs:>12,} {fmacs:>11,}",
               f"parameters: {binary_params:,} binary (1 bit), {params - binary_params:,} float (32 bit)",

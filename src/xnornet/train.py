@@ -56,6 +56,7 @@ class TrainConfig:
     seed: int = 0
     subset: int | None = None        # first N train and N test images (smoke runs)
     resume: bool = False
+    overwrite: bool = False          # replace a run already in `out` (else refused, unless resume)
     amp: str = "auto"                # auto: bfloat16 where the CPU/GPU has native support
     compile: str = "auto"            # auto: torch.compile unless --subset (costs ~30 s)
     widths: tuple[int, ...] = TrunkConfig.widths
@@ -87,8 +88,13 @@ class TrainConfig:
             raise ValueError(f"--label-smoothing must be in [0, 1), got {self.label_smoothing}")
         if not self.warmup_epochs >= 0:
             raise ValueError(f"--warmup-epochs must be >= 0, got {self.warmup_epochs}")
-        if self.cutout < 0:
-            raise ValueError(f"--cutout must be >= 0 (0: off), got {self.cutout}")
+        # 32: the side of every image the loaders return (data.py; the data are loaded later).
+        if not 0 <= self.cutout < 32:
+            raise ValueError(f"--cutout must be >= 0 (0: off) and smaller than the 32-pixel image "
+                             f"side, got {self.cutout}")
+        if self.overwrite and self.resume:
+            raise ValueError("--overwrite and --resume contradict each other: --resume continues "
+                             "the run in --out, --overwrite replaces it")
         if self.real_weights and not binary:
             raise ValueError("--real-weights is for xnor and bireal (fp32 weights are real already)")
 
@@ -260,7 +266,25 @@ def _check_before_data(cfg: TrainConfig) -> Path | None:
     for path in (cfg.teacher_path, None if resume_from else cfg.init_from):
         if path:
             check_checkpoint_path(Path(path))
+    # A mistyped --out must not wipe another run (hours of training): replacing one is asked for.
+    if not cfg.resume and not cfg.overwrite:
+        held = [name for name in ("checkpoint.safetensors", "model.safetensors")
+                if (out / name).exists()]
+        if held:
+            raise ValueError(f"--out {out} already holds a run ({', '.join(held)}); add --resume "
+                             "to continue it, --overwrite to replace it, or give another --out")
+    if cfg.teacher_path:
+        _warn_if_not_fp32_teacher(cfg.teacher_path)
     return resume_from
+
+
+def _warn_if_not_fp32_teacher(path) -> None:
+    """KD is meant to distil from the fp32 teacher; another model (a binary student's checkpoint,
+    by a slip of the path) still works as one, so it is said, not refused (once, by rank 0)."""
+    kind = read_metadata(path).get("model_config", {}).get("kind")
+    if kind != "fp32" and (not dist.is_initialized() or dist.get_rank() == 0):
+        print(f"warning: --teacher-path {path} holds a model of kind {kind or '(not given)'}, "
+              "not the fp32 teacher: distilling from it anyway", file=sys.stderr)
 
 
 def resume_source(cfg: TrainConfig) -> Path | None:
