@@ -387,6 +387,24 @@ static inline void dot_add_pack(const Epilogue& E, size_t cls, const int32_t* __
     }
 }
 
+// Pixels [0, n) of a run of interior pixels (every tap inside the input: no border class to
+// look up, no correction) of one output row, from D d (then every d_stride), output y, packed
+// bits and, for kPool, the pooled window's top-left x0; in a function of its own so that its loop
+// keeps its pointers in registers (in bconv_images they lived on the stack).
+template <bool kPool>
+__attribute__((noinline)) static void interior_run(const Epilogue& E, int n, const int32_t* d, int d_stride,
+                                                   float* y, uint64_t* bits, const float* x0) {
+    const int C = E.cout, PO = C / 64;
+    for (int i = 0; i < n; ++i, d += d_stride, y += C, bits += PO) {
+        if constexpr (kPool) {
+            dot_pool_pack<false>(E, 0, x0, d, y, bits);
+            x0 += size_t(E.stride) * E.cin;
+        } else {
+            dot_add_pack<false>(E, 0, d, y, bits);
+        }
+    }
+}
+
 // Output rows [oy0, oy_end) of `images` consecutive images from img0 of a binary conv layer
 // (several images only for whole maps). The call's pixel tiles (per image, 16 pixels from
 // q = 16 mt) go in groups of up to `span` tiles: per pair of 16-output blocks, the group's
@@ -459,7 +477,22 @@ static void bconv_images(const Layer& L, const LayerIO& io, int img0, int images
                 const float* x_row = pool_fuse ? io.act_in + (size_t(img) * L.in_h + size_t(oy) * s) * E.in_row : nullptr;
                 uint64_t* row = packed[size_t(g) * rows + y];
                 float* out = io.act_out ? io.act_out + (size_t(img) * L.out_h + oy) * L.out_w * C : nullptr;
+                // The row's interior pixels in one run (fused epilogues only), the rest below.
+                int run0 = x_end, run1 = x_end;
+                if ((pool_fuse || add_fuse) && row && out && L.row_interior[oy]) {
+                    run0 = std::min(std::max(x, L.interior_x0), x_end);
+                    run1 = std::max(std::min(x_end, L.interior_x1), run0);
+                    const int32_t* d = pl.d + size_t(i + run0 - x) * pl.d_stride;
+                    float* yp = out + size_t(run0) * C;
+                    if (pool_fuse)
+                        interior_run<true>(E, run1 - run0, d, pl.d_stride, yp, row + size_t(run0) * PO,
+                                           x_row + size_t(run0) * s * E.cin);
+                    else
+                        interior_run<false>(E, run1 - run0, d, pl.d_stride, yp, row + size_t(run0) * PO, nullptr);
+                }
                 for (int ox = x; ox < x_end; ++ox) {
+                    if (ox == run0) ox = run1;  // done above
+                    if (ox == x_end) break;
                     const int32_t* d = pl.d + size_t(i + ox - x) * pl.d_stride;
                     float* yp = out ? out + size_t(ox) * C : sc.row;
                     uint64_t* bits = row ? row + size_t(ox) * PO : nullptr;

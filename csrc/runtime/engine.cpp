@@ -137,6 +137,11 @@ void build_border_table(Layer& L) {
     for (int m : rows) L.row_class.push_back(rid[m]);
     for (int m : cols) L.col_class.push_back(cid[m]);
     L.col_classes = int(cid.size());
+    for (int m : rows) L.row_interior.push_back(m == 0);
+    const auto first = std::find(cols.begin(), cols.end(), 0);
+    const auto last = std::find_if(first, cols.end(), [](int m) { return m != 0; });
+    if (std::all_of(last, cols.end(), [](int m) { return m != 0; }))  // one run of interior columns
+        L.interior_x0 = int(first - cols.begin()), L.interior_x1 = int(last - cols.begin());
     const size_t classes = rid.size() * cid.size();
     L.valid_taps.assign(classes, 0);
     L.invalid_popcount.assign(classes * op.cout, 0);

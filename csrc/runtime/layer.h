@@ -58,6 +58,10 @@ struct Layer {
     int col_classes = 0;
     std::vector<int> valid_taps;
     std::vector<int32_t> invalid_popcount;  // [class][cout]
+    // Output pixels with every tap inside the input: rows where row_interior[oy], columns
+    // [interior_x0, interior_x1) (contiguous; empty when there are none).
+    std::vector<uint8_t> row_interior;
+    int interior_x0 = 0, interior_x1 = 0;
     // The border class of output pixel (oy, ox): the index into valid_taps and invalid_popcount.
     size_t border_class(int oy, int ox) const { return size_t(row_class[oy]) * col_classes + col_class[ox]; }
 };
