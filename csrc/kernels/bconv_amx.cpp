@@ -462,58 +462,57 @@ static void bconv_images(const Layer& L, const LayerIO& io, int img0, int images
                     case 2: group<2>(pl, &at[i], i, ob); break;
                     default: group<1>(pl, &at[i], i, ob); break;
                 }
-        // The group's pixels row segment by row segment (a tile's 16 pixels may wrap across
-        // rows): each tile's first pixel by division, the rest by counting; per-pixel divisions
-        // and edge tests were a fifth of the 64 -> 64 layers' epilogue.
-        for (int t = 0; t < T; ++t) {
-            const int tile = t0 + t, g = tile / mtiles, img = img0 + g;
-            const int q0 = (tile % mtiles) * 16;
-            int y = q0 / wq, x = q0 % wq;
-            for (int i = t * 16; i < t * 16 + 16 && y < rows; y += 1, x = 0) {
-                const int n = std::min(t * 16 + 16 - i, wq - x);  // this row's pixels in the tile
-                const int oy = oy0 + y, x_end = std::min(x + n, L.out_w);
-                const size_t row_cls = size_t(row_class[oy]) * col_classes;
-                // the pooled shortcut's window of (oy, 0) (downsampling layers)
-                const float* x_row = pool_fuse ? io.act_in + (size_t(img) * L.in_h + size_t(oy) * s) * E.in_row : nullptr;
-                uint64_t* row = packed[size_t(g) * rows + y];
-                float* out = io.act_out ? io.act_out + (size_t(img) * L.out_h + oy) * L.out_w * C : nullptr;
-                // The row's interior pixels in one run (fused epilogues only), the rest below.
-                int run0 = x_end, run1 = x_end;
-                if ((pool_fuse || add_fuse) && row && out && L.row_interior[oy]) {
-                    run0 = std::min(std::max(x, L.interior_x0), x_end);
-                    run1 = std::max(std::min(x_end, L.interior_x1), run0);
-                    const int32_t* d = pl.d + size_t(i + run0 - x) * pl.d_stride;
-                    float* yp = out + size_t(run0) * C;
-                    if (pool_fuse)
-                        interior_run<true>(E, run1 - run0, d, pl.d_stride, yp, row + size_t(run0) * PO,
-                                           x_row + size_t(run0) * s * E.cin);
+        // The group's pixels (call pixels [16 t0, 16 (t0 + T)): D is contiguous across tiles)
+        // row segment by row segment, so a row's interior pixels go in one run: a few divisions
+        // per row instead of two per pixel.
+        const int image_px = mtiles * 16;
+        for (int p = t0 * 16, p_end = (t0 + T) * 16; p < p_end;) {
+            const int g = p / image_px, q = p % image_px, y = q / wq, x = q % wq, img = img0 + g;
+            const int n = std::min({p_end - p, wq - x, (g + 1) * image_px - p});  // this row's pixels here
+            const int i = p - t0 * 16;  // the segment's first pixel in the group's D
+            p += n;
+            if (y >= rows) continue;  // past the map's last row (the last tile's slack)
+            const int oy = oy0 + y, x_end = std::min(x + n, L.out_w);
+            const size_t row_cls = size_t(row_class[oy]) * col_classes;
+            // the pooled shortcut's window of (oy, 0) (downsampling layers)
+            const float* x_row = pool_fuse ? io.act_in + (size_t(img) * L.in_h + size_t(oy) * s) * E.in_row : nullptr;
+            uint64_t* row = packed[size_t(g) * rows + y];
+            float* out = io.act_out ? io.act_out + (size_t(img) * L.out_h + oy) * L.out_w * C : nullptr;
+            // The row's interior pixels in one run (fused epilogues only), the rest below.
+            int run0 = x_end, run1 = x_end;
+            if ((pool_fuse || add_fuse) && row && out && L.row_interior[oy]) {
+                run0 = std::min(std::max(x, L.interior_x0), x_end);
+                run1 = std::max(std::min(x_end, L.interior_x1), run0);
+                const int32_t* d = pl.d + size_t(i + run0 - x) * pl.d_stride;
+                float* yp = out + size_t(run0) * C;
+                if (pool_fuse)
+                    interior_run<true>(E, run1 - run0, d, pl.d_stride, yp, row + size_t(run0) * PO,
+                                       x_row + size_t(run0) * s * E.cin);
+                else
+                    interior_run<false>(E, run1 - run0, d, pl.d_stride, yp, row + size_t(run0) * PO, nullptr);
+            }
+            for (int ox = x; ox < x_end; ++ox) {
+                if (ox == run0) ox = run1;  // done above
+                if (ox == x_end) break;
+                const int32_t* d = pl.d + size_t(i + ox - x) * pl.d_stride;
+                float* yp = out ? out + size_t(ox) * C : sc.row;
+                uint64_t* bits = row ? row + size_t(ox) * PO : nullptr;
+                const size_t cls = row_cls + col_class[ox];  // L.border_class(oy, ox)
+                const bool interior = E.valid_taps[cls] == E.taps;
+                if (pool_fuse && bits) {
+                    if (interior)
+                        dot_pool_pack<false>(E, cls, x_row + size_t(ox) * s * E.cin, d, yp, bits);
                     else
-                        interior_run<false>(E, run1 - run0, d, pl.d_stride, yp, row + size_t(run0) * PO, nullptr);
+                        dot_pool_pack<true>(E, cls, x_row + size_t(ox) * s * E.cin, d, yp, bits);
+                } else if (add_fuse && bits) {
+                    if (interior)
+                        dot_add_pack<false>(E, cls, d, yp, bits);
+                    else
+                        dot_add_pack<true>(E, cls, d, yp, bits);
+                } else {
+                    dot_pixel(E, d, cls, yp, io.over_input);
+                    finish_pixel(L, io, img, oy, ox, yp, bits);
                 }
-                for (int ox = x; ox < x_end; ++ox) {
-                    if (ox == run0) ox = run1;  // done above
-                    if (ox == x_end) break;
-                    const int32_t* d = pl.d + size_t(i + ox - x) * pl.d_stride;
-                    float* yp = out ? out + size_t(ox) * C : sc.row;
-                    uint64_t* bits = row ? row + size_t(ox) * PO : nullptr;
-                    const size_t cls = row_cls + col_class[ox];  // L.border_class(oy, ox)
-                    const bool interior = E.valid_taps[cls] == E.taps;
-                    if (pool_fuse && bits) {
-                        if (interior)
-                            dot_pool_pack<false>(E, cls, x_row + size_t(ox) * s * E.cin, d, yp, bits);
-                        else
-                            dot_pool_pack<true>(E, cls, x_row + size_t(ox) * s * E.cin, d, yp, bits);
-                    } else if (add_fuse && bits) {
-                        if (interior)
-                            dot_add_pack<false>(E, cls, d, yp, bits);
-                        else
-                            dot_add_pack<true>(E, cls, d, yp, bits);
-                    } else {
-                        dot_pixel(E, d, cls, yp, io.over_input);
-                        finish_pixel(L, io, img, oy, ox, yp, bits);
-                    }
-                }
-                i += n;
             }
         }
     }
