@@ -82,18 +82,29 @@ struct Phases {
     size_t tile(int g, int mt) const { return (size_t(g) * pixels + size_t(mt) * 16) * pixel_bytes; }
 };
 
-// The packed input of one call: padded images, their geometry, the first output row.
+// The packed input of one call: padded images, their geometry, the first output row, and the
+// width of its phase images (phase_width).
 struct Source {
     const uint64_t* act;  // top-left of the first padded input image, [images][hp][wp][words]
-    int hp, wp, words, k, stride, oy, images;
+    int hp, wp, words, k, stride, oy, images, wq;
 };
+
+// Columns per row of a phase image. Stride 1 with the same padding on both sides leaves the
+// right padding out: a tap past a row's last pixel then reads the next row's left padding, the
+// same -1 input, so each output row computes pad fewer columns that are dropped (32x32 maps: 33
+// instead of 34, 16x16: 17 instead of 18). Else every padded column, split over the phases.
+static int phase_width(int in_w, int pad, int k, int stride) {
+    const int wp = in_w + 2 * pad, out_w = (wp - k) / stride + 1;
+    if (stride == 1 && pad > 0 && in_w + pad >= out_w) return in_w + pad;
+    return (wp + stride - 1) / stride;
+}
 
 // Expand the padded input rows that output rows from a.oy on read (mtiles pixel tiles of them,
 // per image) into int8 phase images. Pixels past the padded image (the slack that the last
 // tiles' dropped rows read) are -1. With k < stride the phases (py, px) with py or px >= k are
 // never read and stay unfilled.
 static Phases expand(const Source& a, int mtiles) {
-    const int s = a.stride, P = a.words, wq = (a.wp + s - 1) / s, reach = (a.k - 1) / s;
+    const int s = a.stride, P = a.words, wq = a.wq, reach = (a.k - 1) / s;
     const size_t pb = size_t(64) * P;
     const size_t pixels = size_t(mtiles) * 16 + size_t(reach) * (wq + 1);
     thread_local aligned_vector<int8_t> buf;  // tile rows must not straddle cache lines
@@ -415,8 +426,8 @@ static void bconv_images(const Layer& L, const LayerIO& io, int img0, int images
     const Op& op = *L.op;
     const Prepared& pr = *L.prep;
     const int P = pr.words, s = op.stride, Wp = L.in_w + 2 * op.pad, Hp = L.in_h + 2 * op.pad;
-    const Source a{io.bits_in + size_t(img0) * Hp * Wp * P, Hp, Wp, P, op.k, s, oy0, images};
-    const int wq = (Wp + s - 1) / s, rows = oy_end - oy0, mtiles = (rows * wq + 15) / 16;
+    const int wq = phase_width(L.in_w, op.pad, op.k, s), rows = oy_end - oy0, mtiles = (rows * wq + 15) / 16;
+    const Source a{io.bits_in + size_t(img0) * Hp * Wp * P, Hp, Wp, P, op.k, s, oy0, images, wq};
     const int blocks16 = (pr.cout_blocks * kLanes + 15) / 16;
     const int total = images * mtiles, span = group_span(16 * blocks16, total);
     thread_local aligned_vector<int32_t> dbuf;
