@@ -149,3 +149,20 @@ def test_bench_kernels_refuses_a_model_without_binary_convs(files, capsys, monke
     err = capsys.readouterr().err
     assert err.startswith("xnornet bench: error:") and "has no binary conv layers" in err
     assert str(fp32) in err
+
+
+def test_bench_refuses_an_fp32_model_file_or_a_binary_teacher(files, capsys, monkeypatch):
+    """The BNN rows need a BNN, the FP32 rows the fp32 teacher: swapped files are an error up
+    front, not a table whose rows are labelled wrong."""
+    import xnornet.e2e_bench
+    monkeypatch.setattr(xnornet.e2e_bench, "run_bench", lambda *a, **k: pytest.fail("benched it"))
+    tmp, data, model, teacher = files
+    fp32 = tmp / "teacher-only.xnor"
+    export_model(teacher, fp32)
+    assert cli.main(["bench", "--model-file", str(fp32), "--teacher", str(teacher), "--quick"]) == 2
+    err = capsys.readouterr().err
+    assert "has no binary conv layers" in err and str(fp32) in err
+    student = tmp / "bireal.safetensors"  # the BNN's checkpoint, from the fixture
+    assert cli.main(["bench", "--model-file", str(model), "--teacher", str(student), "--quick"]) == 2
+    err = capsys.readouterr().err
+    assert "holds a bireal model, not the fp32 teacher" in err

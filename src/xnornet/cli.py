@@ -434,10 +434,7 @@ def _run_bench_kernels(a) -> int:
                          "put options after `kernels` (see xnornet bench kernels --help)")
     check_output_paths(json=a.k_json_out, plot=a.k_plot, inputs={"model_file": a.k_model_file})
     if a.k_model_file:  # (the shipped and the random default are Bi-Real: they have them)
-        from . import modelfile as mf
-        if not any(op.kind == mf.BCONV for op in mf.read_model(a.k_model_file)):
-            raise ValueError(f"--model-file {a.k_model_file} has no binary conv layers (an FP32 "
-                             "model?): nothing for `bench kernels` to time")
+        _require_binary_convs(a.k_model_file, "nothing for `bench kernels` to time")
     from .bench import bench_kernels, format_kernels, plot_kernels, random_model_file
     with tempfile.TemporaryDirectory() as tmp:
         from .assets import SHIPPED_MODEL
@@ -458,6 +455,12 @@ def _if_file(path: Path) -> str | None:
     return str(path) if path.is_file() else None
 
 
+def _require_binary_convs(model_file, why: str) -> None:
+    from . import modelfile as mf
+    if not any(op.kind == mf.BCONV for op in mf.read_model(model_file)):
+        raise ValueError(f"--model-file {model_file} has no binary conv layers (an FP32 model?): {why}")
+
+
 def run_bench(a) -> int:
     if a.bench == "kernels":
         return _run_bench_kernels(a)
@@ -475,10 +478,14 @@ def run_bench(a) -> int:
     if not a.model_file:
         from .assets import shipped_model
         a.model_file = str(shipped_model())
-    mf.read_model(a.model_file)  # a bad file fails now, not in every engine's subprocess
+    # A bad file fails now, not in every engine's subprocess; the BNN rows need a BNN.
+    _require_binary_convs(a.model_file, "the bench compares a BNN with the FP32 teacher (--teacher)")
     if a.teacher:
-        from .export import check_checkpoint_path
-        check_checkpoint_path(Path(a.teacher))
+        from .checkpoint import read_metadata
+        kind = read_metadata(a.teacher).get("model_config", {}).get("kind")
+        if kind != "fp32":  # its rows are labelled, and compared as, the FP32 baseline
+            raise ValueError(f"--teacher {a.teacher} holds a {kind or 'model of unknown kind'} "
+                             "model, not the fp32 teacher (xnornet train --model fp32)")
     from .assets import SHIPPED_TEACHER
     teacher = a.teacher or _if_file(SHIPPED_TEACHER)
     rounds = a.rounds or (1 if a.quick else 3)
