@@ -1,6 +1,8 @@
 """The native engine against the numpy reference (tests/reference.py), op by op and for fused
 chains, on awkward shapes and every ISA this CPU supports; the file round trip. Torch-free, so
 the sanitizer build runs it too (make test-asan)."""
+import functools
+
 import numpy as np
 import pytest
 
@@ -211,6 +213,44 @@ def test_downsampling_chains_are_bitwise_in_both_run_modes(isa, batch, threads, 
         want = float32_bconv(op, want)
     got = Engine.from_bytes(mf.to_bytes(ops), threads=threads, isa=isa).run(x)
     np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("batch,threads", [(1, 2), (3, 2), (5, 1)])
+@pytest.mark.parametrize("k,cin,h,w", [(5, 64, 5, 6), (7, 128, 9, 8), (1, 64, 4, 5), (5, 256, 8, 41),
+                                       (5, 256, 50, 1), (3, 192, 1, 7)])
+def test_in_place_chains_of_other_kernel_sizes_are_bitwise(isa, batch, threads, k, cin, h, w):
+    """Identity layers (pad k // 2) back to back, bit for bit PyTorch's float32: the fused
+    in-place epilogue's interior runs (which rows and columns are interior depends on k and pad),
+    the tile path's narrower phase images (stride 1 leaves the right padding out), pixel-tile
+    groups that start in a row's dropped columns (8x41, 50x1 with 256 channels), a one-row map."""
+    data, x, want = _identity_chain(k, cin, h, w, batch)
+    got = Engine.from_bytes(data, threads=threads, isa=isa).run(x)
+    np.testing.assert_array_equal(got, want)
+
+
+@functools.lru_cache(maxsize=None)
+def _identity_chain(k, cin, h, w, batch):
+    """(model bytes, input, float32 reference) of three identity layers: the reference is the
+    slow part, computed once per shape for all ISAs and thread counts."""
+    rng = np.random.default_rng([k, cin, h, w, batch])
+    ops = [bconv_op(cin, cin, residual=mf.RES_IDENTITY, k=k, pad=k // 2, rng=rng) for _ in range(3)]
+    x = rng.normal(0, 1, (batch, cin, h, w)).astype(np.float32)
+    want = x
+    for op in ops:
+        want = float32_bconv(op, want)
+    return mf.to_bytes(ops), x, want
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("cin", [512, 576])
+def test_downsampling_with_wide_inputs_is_bitwise(isa, cin):
+    """The fused downsampling epilogue holds the pooled windows of every input channel at once,
+    up to 512; wider inputs take the general path. Both bit for bit PyTorch's float32."""
+    ops = [bconv_op(cin, cin, 2, mf.RES_DOWNSAMPLE), bconv_op(cin, cin, residual=mf.RES_IDENTITY)]
+    x = RNG.normal(0, 1, (3, cin, 6, 6)).astype(np.float32)
+    got = Engine.from_bytes(mf.to_bytes(ops), threads=1, isa=isa).run(x)
+    np.testing.assert_array_equal(got, float32_bconv(ops[1], float32_bconv(ops[0], x)))
 
 
 @pytest.mark.parametrize("isa", ISAS)

@@ -1021,13 +1021,21 @@ import numpy as np
 from xnornet.engine import Engine
 path, parent_threads = sys.argv[1], int(sys.argv[2])
 x = np.random.default_rng(0).integers(0, 256, (9, 8, 8, 3), dtype=np.uint8)
-want = Engine.load(path, threads=parent_threads).run(x)
+parent = Engine.load(path, threads=parent_threads)
+want = parent.run(x)
 pid = os.fork()
 if pid == 0:
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         e = Engine.load(path, threads=2)
     ok = np.array_equal(e.run(x), want) and np.array_equal(e.run(x[:1]), want[:1])
+    # the parent's engine (and its cached workspaces) works here too, and in a grandchild
+    ok = ok and np.array_equal(parent.run(x), want)
+    grandchild = os.fork()
+    if grandchild == 0:
+        os._exit(0 if np.array_equal(parent.run(x), want) and np.array_equal(e.run(x), want) else 1)
+    _, status = os.waitpid(grandchild, 0)
+    ok = ok and os.waitstatus_to_exitcode(status) == 0
     warned = any("fork" in str(w.message) for w in caught)
     print(f"child threads={e.threads} warned={warned} same={ok}", flush=True)
     os._exit(0 if ok else 1)

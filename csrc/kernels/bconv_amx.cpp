@@ -491,7 +491,8 @@ static void bconv_images(const Layer& L, const LayerIO& io, int img0, int images
             float* out = io.act_out ? io.act_out + (size_t(img) * L.out_h + oy) * L.out_w * C : nullptr;
             // The row's interior pixels in one run (fused epilogues only), the rest below.
             int run0 = x_end, run1 = x_end;
-            if ((pool_fuse || add_fuse) && row && out && L.row_interior[oy]) {
+            // (x < x_end: a segment of dropped columns only has no run, and no D pointer to form)
+            if ((pool_fuse || add_fuse) && row && out && L.row_interior[oy] && x < x_end) {
                 run0 = std::min(std::max(x, L.interior_x0), x_end);
                 run1 = std::max(std::min(x_end, L.interior_x1), run0);
                 const int32_t* d = pl.d + size_t(i + run0 - x) * pl.d_stride;
