@@ -84,10 +84,10 @@ struct Phases {
 
 // The packed input of one call: padded images, their geometry, the first output row, the width
 // of one image's phase rows (phase_width) and how many images sit side by side in a phase row
-// (lanes; stride 1 only: each image's row is its left padding and pixels, so the next image's
-// left padding is this one's right padding). Side by side, a strip's rows fill whole pixel
-// tiles where one image's do not: 8x8 maps, 9 columns a row, take 5 tiles per image alone
-// (72 pixels) and 9 per pair (144).
+// (lanes; with stride 1 each image's row is its left padding and pixels, so the next image's
+// left padding is this one's right padding; with stride 2 each image keeps its whole phase
+// row). Side by side, a strip's rows fill whole pixel tiles where one image's do not: 8x8
+// output maps, 9 columns a row, take 5 tiles per image alone (72 pixels) and 9 per pair (144).
 struct Source {
     const uint64_t* act;  // top-left of the first padded input image, [images][hp][wp][words]
     int hp, wp, words, k, stride, oy, images, wq, lanes;
@@ -434,8 +434,9 @@ static void bconv_images(const Layer& L, const LayerIO& io, int img0, int images
     const Prepared& pr = *L.prep;
     const int P = pr.words, s = op.stride, Wp = L.in_w + 2 * op.pad, Hp = L.in_h + 2 * op.pad;
     const int wq = phase_width(L.in_w, op.pad, op.k, s), rows = oy_end - oy0;
-    // Two images side by side where their rows then fill pixel tiles better (Source)
-    const int lanes = s == 1 && images > 1 && (rows * 2 * wq + 15) / 16 < 2 * ((rows * wq + 15) / 16) ? 2 : 1;
+    // Two images side by side where their rows then fill pixel tiles better (Source; stride 2
+    // too: each image keeps all its phase columns, and a tap never reads past them)
+    const int lanes = images > 1 && (rows * 2 * wq + 15) / 16 < 2 * ((rows * wq + 15) / 16) ? 2 : 1;
     const int strip_w = lanes * wq, mtiles = (rows * strip_w + 15) / 16, strips = (images + lanes - 1) / lanes;
     const Source a{io.bits_in + size_t(img0) * Hp * Wp * P, Hp, Wp, P, op.k, s, oy0, images, wq, lanes};
     const int blocks16 = (pr.cout_blocks * kLanes + 15) / 16;
