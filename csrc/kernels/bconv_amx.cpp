@@ -14,11 +14,16 @@
 // (stride*i + py, stride*j + px). Numbered q = row * Wq + column over a phase image's width Wq,
 // the output pixels of a tap then sit at evenly spaced addresses: an A tile is 16 consecutive q
 // (wrapping across rows; the Wq - out_w columns past the map's edge are computed and dropped) and
-// 64 input channels, one strided load, no im2col. Weights are int8 +-1 in the VNNI layout
-// TDPBSSD wants, with 0 for channels past cin, so those bits add nothing. The result D (the +-1
-// dot product over all taps, border taps included as -1 inputs, exactly as the XOR kernels see
-// them) goes straight into the epilogue (dot_pixel): the same integer as the XOR kernels' popcount
-// formula, D = k*k*cin - 2*popcount. Measurements and what is left: docs/engine.md.
+// 64 input channels, one strided load, no im2col. With stride 1 the right padding is left out of
+// a phase row (phase_width: a tap past the row's end reads the next row's left padding), and
+// where it fills pixel tiles better two images share each phase row (Source::lanes). Weights are
+// int8 +-1 in the VNNI layout TDPBSSD wants, with 0 for channels past cin, so those bits add
+// nothing. The result D (the +-1 dot product over all taps, border taps included as -1 inputs,
+// exactly as the XOR kernels see them) goes straight into the epilogue: the same integer as the
+// XOR kernels' popcount formula, D = k*k*cin - 2*popcount; identity and downsampling layers store
+// y and pack the next layer's bits in one register pass (dot_add_pack, dot_pool_pack), a row's
+// interior pixels in one run (interior_run), others through dot_pixel and the shared row code.
+// Measurements and what is left: docs/engine.md.
 #include <immintrin.h>
 
 #include <algorithm>
