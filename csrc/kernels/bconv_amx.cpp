@@ -341,6 +341,33 @@ static inline void dot_pixel(const Epilogue& E, const int32_t* __restrict d, siz
     }
 }
 
+// The fused epilogues' common pass over one pixel's channels (cout % 64 == 0): y[c] =
+// (dot * scale + bias) + shortcut(c, y) for 16 channels at a time, stored, and the next binary
+// conv's sign bits packed from the same registers, each 64-bit word whole in a register. dot is
+// D, plus the border correction 2*inv + off for a border pixel (kBorder), in dot_pixel's order.
+template <bool kBorder, class Shortcut>
+static inline void store_pack(const Epilogue& E, size_t cls, const int32_t* __restrict d,
+                              float* __restrict y, uint64_t* __restrict packed, Shortcut shortcut) {
+    const int32_t* __restrict inv = E.inv + cls * E.cout;
+    const __m512i off = _mm512_set1_epi32((E.valid_taps[cls] - E.taps) * E.cin);
+    for (int q = 0; q < E.cout / 64; ++q) {
+        uint64_t word = 0;
+        for (int j = 0; j < 64; j += 16) {
+            const int c = 64 * q + j;
+            __m512i di = _mm512_loadu_si512(d + c);
+            if (kBorder)
+                di = _mm512_add_epi32(_mm512_add_epi32(di, _mm512_slli_epi32(_mm512_loadu_si512(inv + c), 1)), off);
+            const __m512 v = _mm512_add_ps(
+                _mm512_add_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(di), _mm512_loadu_ps(E.scale + c)),
+                              _mm512_loadu_ps(E.bias + c)),
+                shortcut(c, y));  // given y: the in-place shortcut reads it before the store
+            _mm512_storeu_ps(y + c, v);
+            word |= sign_bits16(v, E.s2 + c, E.b2 + c) << j;
+        }
+        packed[q] = word;
+    }
+}
+
 constexpr int kMaxPoolChannels = 512;  // dot_pool_pack's pooled windows, in registers or on the stack
 
 // A pixel of a downsampling layer (average-pooled shortcut, channels repeated), no ReLU,
@@ -352,9 +379,7 @@ template <bool kBorder>
 static inline void dot_pool_pack(const Epilogue& E, size_t cls, const float* __restrict x0,
                                  const int32_t* __restrict d, float* __restrict y,
                                  uint64_t* __restrict packed) {
-    const int32_t* __restrict inv = E.inv + cls * E.cout;
-    const __m512i off = _mm512_set1_epi32((E.valid_taps[cls] - E.taps) * E.cin);
-    const int C = E.cout, ci = E.cin, s = E.stride;
+    const int ci = E.cin, s = E.stride;
     const __m512 per_tap = _mm512_set1_ps(1.f / float(s * s));
     // The pooled window of every input channel first (kMaxPoolChannels), then each packed word
     // whole in a register: no read-modify-write of the words per 16 channels.
@@ -366,22 +391,8 @@ static inline void dot_pool_pack(const Epilogue& E, size_t cls, const float* __r
                 sum = _mm512_add_ps(sum, _mm512_loadu_ps(x0 + size_t(dy) * E.in_row + dx * ci + c0));
         pooled[c0 / 16] = _mm512_mul_ps(sum, per_tap);
     }
-    for (int q = 0; q < C / 64; ++q) {
-        uint64_t word = 0;
-        for (int j = 0; j < 64; j += 16) {
-            const int c = 64 * q + j;
-            __m512i di = _mm512_loadu_si512(d + c);
-            if (kBorder)  // d + 2*inv + off, in dot_pixel's order
-                di = _mm512_add_epi32(_mm512_add_epi32(di, _mm512_slli_epi32(_mm512_loadu_si512(inv + c), 1)), off);
-            const __m512 v = _mm512_add_ps(
-                _mm512_add_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(di), _mm512_loadu_ps(E.scale + c)),
-                              _mm512_loadu_ps(E.bias + c)),
-                pooled[(c % ci) / 16]);  // channels repeated: output c takes input c % ci
-            _mm512_storeu_ps(y + c, v);
-            word |= sign_bits16(v, E.s2 + c, E.b2 + c) << j;
-        }
-        packed[q] = word;
-    }
+    // channels repeated: output c takes input c % ci
+    store_pack<kBorder>(E, cls, d, y, packed, [&](int c, const float*) { return pooled[(c % ci) / 16]; });
 }
 
 // A pixel of an in-place identity layer (y holds the shortcut), no ReLU, a next binary conv:
@@ -390,24 +401,7 @@ static inline void dot_pool_pack(const Epilogue& E, size_t cls, const float* __r
 template <bool kBorder>
 static inline void dot_add_pack(const Epilogue& E, size_t cls, const int32_t* __restrict d,
                                 float* __restrict y, uint64_t* __restrict packed) {
-    const int32_t* __restrict inv = E.inv + cls * E.cout;
-    const __m512i off = _mm512_set1_epi32((E.valid_taps[cls] - E.taps) * E.cin);
-    for (int q = 0; q < E.cout / 64; ++q) {
-        uint64_t word = 0;
-        for (int j = 0; j < 64; j += 16) {
-            const int c = 64 * q + j;
-            __m512i di = _mm512_loadu_si512(d + c);
-            if (kBorder)  // d + 2*inv + off, in dot_pixel's order
-                di = _mm512_add_epi32(_mm512_add_epi32(di, _mm512_slli_epi32(_mm512_loadu_si512(inv + c), 1)), off);
-            const __m512 v = _mm512_add_ps(
-                _mm512_add_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(di), _mm512_loadu_ps(E.scale + c)),
-                              _mm512_loadu_ps(E.bias + c)),
-                _mm512_loadu_ps(y + c));
-            _mm512_storeu_ps(y + c, v);
-            word |= sign_bits16(v, E.s2 + c, E.b2 + c) << j;
-        }
-        packed[q] = word;
-    }
+    store_pack<kBorder>(E, cls, d, y, packed, [](int c, const float* yc) { return _mm512_loadu_ps(yc + c); });
 }
 
 // Pixels [0, n) of a run of interior pixels (every tap inside the input: no border class to

@@ -8,8 +8,6 @@ optimizer state; metadata keys ``xnornet`` (run metadata) and ``optim`` (param g
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 
 import torch
@@ -18,6 +16,7 @@ from safetensors.torch import load_file, save_file
 
 from .errors import CheckpointError
 from .export import check_checkpoint_path, not_a_checkpoint
+from .files import write_atomically
 from .models import Trunk, TrunkConfig
 
 
@@ -37,17 +36,7 @@ def save_checkpoint(path, model: torch.nn.Module, meta: dict, optimizer=None) ->
         metadata["optim"] = json.dumps({"param_groups": sd["param_groups"], "scalars": scalars})
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata=metadata)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes it 0600; a checkpoint is an ordinary file
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_atomically(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
 
 
 def read_metadata(path) -> dict:

@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import DataError
+from .files import write_atomically
 
 CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
 CIFAR10_MD5 = "c58f30108f718f92721af3b95e74349a"
@@ -374,23 +375,10 @@ def _warn_corrupt(path: Path, what: str) -> None:
 
 
 def _atomic_npy(path: Path, arr: np.ndarray) -> None:
-    """Written to a temporary name and renamed into place, so no reader sees a torn file."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".npy.tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
+    def write(tmp):
+        with open(tmp, "wb") as f:  # a file object: np.save(name) would append ".npy"
             np.save(f, arr)
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it 0600; like any output, follow umask
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _umask() -> int:
-    """The process umask: reading it means setting it, so it is put straight back."""
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
+    write_atomically(path, write)
 
 
 # ---------------------------------------------------------------- download
