@@ -75,13 +75,13 @@ static void configure() {
 struct Phases {
     const int8_t* data;
     int wq;               // width of a phase row: lanes x the phase width of one image
-    int images;           // strips in the call
+    int strips;           // strips in the call
     size_t pixels;        // pixels per phase image of one strip, slack included
     size_t pixel_bytes;   // 64 * P
     // Where the A tile of tap (ky, kx), word p, starts for q = 0 of the call's first image.
     const int8_t* tap(int ky, int kx, int p, int s) const {
         const size_t phase = size_t(ky % s) * s + kx % s;
-        return data + (phase * images * pixels + size_t(ky / s) * wq + kx / s) * pixel_bytes + 64 * p;
+        return data + (phase * strips * pixels + size_t(ky / s) * wq + kx / s) * pixel_bytes + 64 * p;
     }
     // Byte offset of pixel tile mt (16 pixels from q = 16 mt) of strip g, from tap()'s address.
     size_t tile(int g, int mt) const { return (size_t(g) * pixels + size_t(mt) * 16) * pixel_bytes; }
