@@ -243,6 +243,32 @@ def _identity_chain(k, cin, h, w, batch):
 
 
 @pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("batch,threads", [(5, 1), (7, 2), (1, 1), (1, 2)])
+@pytest.mark.parametrize("h,w,cout", [(32, 32, 128), (32, 16, 128), (12, 20, 128), (16, 16, 256)])
+def test_downsampling_over_its_input_is_bitwise(isa, batch, threads, h, w, cout):
+    """The tile kernels write a downsampling layer's output over its input map where their pixel
+    order allows (cout = 2 * cin, one image per phase row: 32x32 and 32x16 inputs); the next
+    identity layer then reads it there. Elsewhere (images side by side on 12x20; cout = 4 * cin)
+    and in the other run modes the output goes to the other buffer. Bit for bit PyTorch's float32
+    after a first identity layer (which wrote the input map in place) and two more layers."""
+    data, x, want = _downsampling_chain(h, w, cout, batch)
+    got = Engine.from_bytes(data, threads=threads, isa=isa).run(x)
+    np.testing.assert_array_equal(got, want)
+
+
+@functools.lru_cache(maxsize=None)
+def _downsampling_chain(h, w, cout, batch):
+    rng = np.random.default_rng([h, w, cout, batch])
+    ops = [bconv_op(64, 64, residual=mf.RES_IDENTITY, rng=rng), bconv_op(64, cout, 2, mf.RES_DOWNSAMPLE, rng=rng),
+           bconv_op(cout, cout, residual=mf.RES_IDENTITY, rng=rng), bconv_op(cout, 64, rng=rng)]
+    x = rng.normal(0, 1, (batch, 64, h, w)).astype(np.float32)
+    want = x
+    for op in ops:
+        want = float32_bconv(op, want)
+    return mf.to_bytes(ops), x, want
+
+
+@pytest.mark.parametrize("isa", ISAS)
 @pytest.mark.parametrize("cin", [512, 576])
 def test_downsampling_with_wide_inputs_is_bitwise(isa, cin):
     """The fused downsampling epilogue holds the pooled windows of every input channel at once,

@@ -48,6 +48,11 @@ struct Kernels {
     // Whole maps of `count` images from img0 of a layer in one call (null: the executor calls
     // layer_rows per image): a binary conv's weights, once in cache, serve every image's pixels.
     void (*layer_images)(const Layer&, const LayerIO&, int img0, int count, Scratch&) = nullptr;
+    // Whether layer_images, on `count` images, may write this downsampling layer's float output
+    // over its input (LayerIO::pool_over_input; null: never): its pixel order reads every input
+    // window before an output overwrites it. Saves the output's write misses (a map that is
+    // otherwise cold) and leaves the next layer's input where the last one was read.
+    bool (*pool_over_input)(const Layer&, int count) = nullptr;
 };
 
 extern const Kernels kernels_generic;

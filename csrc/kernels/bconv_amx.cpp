@@ -370,15 +370,15 @@ static inline void store_pack(const Epilogue& E, size_t cls, const int32_t* __re
 
 constexpr int kMaxPoolChannels = 512;  // dot_pool_pack's pooled windows, in registers or on the stack
 
-// A pixel of a downsampling layer (average-pooled shortcut, channels repeated), no ReLU,
-// cin % 16 == 0 and <= kMaxPoolChannels, a next binary conv: y = (dot * scale + bias) + window_sum * (1/s^2), stored and
-// packed in one pass; the same integers and float operations, in the same order, as dot_pixel +
-// add_shortcut + pack_pixel (window summed in (dy, dx) order from 0). Border pixels add the
-// border correction to D (dot = D + 2*inv + off, as dot_pixel); interior ones need none.
+// A pixel of a downsampling layer (pool_fused, a next binary conv): y = (dot * scale + bias) +
+// window_sum * (1/s^2), stored and packed in one pass; the same integers and float operations,
+// in the same order, as dot_pixel + add_shortcut + pack_pixel (window summed in (dy, dx) order
+// from 0). Border pixels add the border correction to D (dot = D + 2*inv + off, as dot_pixel);
+// interior ones need none. Every input of the window is read before y is stored, so y may lie
+// over the window (pool_over_input): x0 and y are not restrict.
 template <bool kBorder>
-static inline void dot_pool_pack(const Epilogue& E, size_t cls, const float* __restrict x0,
-                                 const int32_t* __restrict d, float* __restrict y,
-                                 uint64_t* __restrict packed) {
+static inline void dot_pool_pack(const Epilogue& E, size_t cls, const float* x0,
+                                 const int32_t* __restrict d, float* y, uint64_t* __restrict packed) {
     const int ci = E.cin, s = E.stride;
     const __m512 per_tap = _mm512_set1_ps(1.f / float(s * s));
     // The pooled window of every input channel first (kMaxPoolChannels), then each packed word
@@ -422,6 +422,37 @@ __attribute__((noinline)) static void interior_run(const Epilogue& E, int n, con
     }
 }
 
+// A downsampling layer (average-pooled shortcut, channels repeated) whose pixels dot_pool_pack
+// can take whole: no ReLU, cin % 16 == 0 and <= kMaxPoolChannels, cout % 64 == 0.
+static bool pool_fused(const Op& op) {
+    return op.kind == OpKind::BConv && op.residual == Residual::Downsample && !op.relu && op.cin % 16 == 0 &&
+           op.cin <= kMaxPoolChannels && op.cout % 64 == 0;
+}
+
+// Images side by side in a phase row (Source::lanes) for a call of `images` images and `rows`
+// output rows of layer L: two where their rows then fill pixel tiles better (stride 2 too: each
+// image keeps all its phase columns, and a tap never reads past them).
+static int lanes_for(const Layer& L, int images, int rows) {
+    const int wq = phase_width(L.in_w, L.op->pad, L.op->k, L.op->stride);
+    return images > 1 && (rows * 2 * wq + 15) / 16 < 2 * ((rows * wq + 15) / 16) ? 2 : 1;
+}
+
+// Kernels::pool_over_input: whether bconv_images, on whole maps of `images` images, may write a
+// downsampling layer's y over its input x. Its epilogue goes through the pixels image by image
+// (lanes == 1) and row by row (within a row the interior run, then the border pixels), and
+// dot_pool_pack reads a pixel's whole window before storing it. With cout = s * cin (and the
+// input s times the output on each side, which the executor checks), in floats output pixel
+// (m, ox) (m: the output row, counted over the call's images) starts at (m * W + ox) * s * cin
+// and its window's first input row at (m * s * W + ox) * s * cin (W: output width): on the call's
+// first row each pixel covers exactly the first row of its own window (a 16-channel store only
+// inputs of its own sums); below it a whole output row ends ((m + 1) * W <= m * s * W) before the
+// first input row of its windows starts, so nothing still to be read is overwritten.
+static bool pool_over_input(const Layer& L, int images) {
+    const Op& op = *L.op;
+    return pool_fused(op) && L.next_bconv && op.stride >= 2 && op.cout == op.stride * op.cin &&
+           lanes_for(L, images, L.out_h) == 1;
+}
+
 // Output rows [oy0, oy_end) of `images` consecutive images from img0 of a binary conv layer
 // (several images only for whole maps). The call's pixel tiles (per image, 16 pixels from
 // q = 16 mt) go in groups of up to `span` tiles: per pair of 16-output blocks, the group's
@@ -433,9 +464,7 @@ static void bconv_images(const Layer& L, const LayerIO& io, int img0, int images
     const Prepared& pr = *L.prep;
     const int P = pr.words, s = op.stride, Wp = L.in_w + 2 * op.pad, Hp = L.in_h + 2 * op.pad;
     const int wq = phase_width(L.in_w, op.pad, op.k, s), rows = oy_end - oy0;
-    // Two images side by side where their rows then fill pixel tiles better (Source; stride 2
-    // too: each image keeps all its phase columns, and a tap never reads past them)
-    const int lanes = images > 1 && (rows * 2 * wq + 15) / 16 < 2 * ((rows * wq + 15) / 16) ? 2 : 1;
+    const int lanes = lanes_for(L, images, rows);
     const int strip_w = lanes * wq, mtiles = (rows * strip_w + 15) / 16, strips = (images + lanes - 1) / lanes;
     const Source a{io.bits_in + size_t(img0) * Hp * Wp * P, Hp, Wp, P, op.k, s, oy0, images, wq, lanes};
     const int blocks16 = (pr.cout_blocks * kLanes + 15) / 16;
@@ -455,8 +484,7 @@ static void bconv_images(const Layer& L, const LayerIO& io, int img0, int images
             for (int y = 0; y < rows; ++y)
                 packed[size_t(g) * rows + y] =
                     packed_row(C, L.out_h, L.out_w, *L.next_bconv, io.bits_out, img0 + g, oy0 + y);
-    const bool pool_fuse = !io.over_input && op.residual == Residual::Downsample && !op.relu &&
-                           op.cin % 16 == 0 && op.cin <= kMaxPoolChannels && C % 64 == 0;  // see dot_pool_pack
+    const bool pool_fuse = !io.over_input && pool_fused(op);  // see dot_pool_pack
     // In-place identity layers (the shortcut already in y), no ReLU: see dot_add_pack.
     const bool add_fuse = io.over_input && !op.relu && C % 64 == 0;
     const Epilogue E(L);
@@ -573,15 +601,19 @@ static void layer_images_mixed(const Layer& L, const LayerIO& io, int img0, int 
     if (tiles_pay(*L.op, count)) return bconv_images(L, io, img0, count, 0, L.out_h, s);
     for (int i = 0; i < count; ++i) layer_rows_mixed(L, io, img0 + i, 0, L.out_h, s);
 }
+static bool pool_over_input_mixed(const Layer& L, int count) {
+    return tiles_pay(*L.op, count) && pool_over_input(L, count);
+}
 
 }  // namespace amx
 
 const Kernels kernels_amx = {amx::layer_rows, amx::pack_row, amx::peak_loop, 4 * 16 * 16 * 64,
                              /*int8_weights=*/amx::every_bconv, /*whole_maps=*/true,
-                             amx::layer_images};
+                             amx::layer_images, amx::pool_over_input};
 
 const Kernels kernels_amx_mixed = {amx::layer_rows_mixed, amx::pack_row, amx::peak_loop,
                                    4 * 16 * 16 * 64, /*int8_weights=*/amx::every_bconv,
-                                   /*whole_maps=*/true, amx::layer_images_mixed};
+                                   /*whole_maps=*/true, amx::layer_images_mixed,
+                                   amx::pool_over_input_mixed};
 
 }  // namespace xnornet

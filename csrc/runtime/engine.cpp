@@ -395,9 +395,14 @@ void Engine::run_graph(Workspace& ws, Buffers& buf, int n, int first_img, float*
         // read (the conv reads the packed bits), and one float map less streams through the cache.
         const bool over_input = L.float_out && L.op->kind == OpKind::BConv &&
                                 L.op->residual == Residual::Identity;
-        float* const act_out = !L.float_out ? nullptr : over_input ? buf.act[fa].data() : buf.act[1 - fa].data();
+        // A downsampling layer may write y over x too where its kernel reads each window first.
+        const bool pool_over = L.float_out && !parallel && K.layer_images && K.pool_over_input &&
+                               K.pool_over_input(L, n);
+        float* const act_out = !L.float_out                 ? nullptr
+                               : over_input || pool_over ? buf.act[fa].data()
+                                                         : buf.act[1 - fa].data();
         const LayerIO io{in, buf.bits[ba].data(), act_out, L.next_bconv ? buf.bits[1 - ba].data() : nullptr,
-                         over_input};
+                         over_input, pool_over};
         if (!parallel && K.layer_images) {  // an image-major group: its n images in one call
             Scratch s = scratch(me);
             K.layer_images(L, io, 0, n, s);
@@ -411,7 +416,7 @@ void Engine::run_graph(Workspace& ws, Buffers& buf, int n, int first_img, float*
                              part_start(part + 1, parts, L.out_h), s);
             }
         }
-        if (!over_input) fa = 1 - fa;
+        if (!over_input && !pool_over) fa = 1 - fa;
         if (L.next_bconv) ba = 1 - ba;
         lap(li);
     }

@@ -75,6 +75,8 @@ struct LayerIO {
     // act_out == act_in, for a binary conv with an identity shortcut: y is written over x, and the
     // epilogue adds x where it stores y instead of adding the shortcut afterwards.
     bool over_input = false;
+    // act_out == act_in, for a downsampling layer whose kernel says it can (Kernels::pool_over_input).
+    bool pool_over_input = false;
 };
 
 struct Scratch {
