@@ -188,8 +188,8 @@ void head(const Layer& L, const float* in, int n, float* out) {
 }  // namespace
 
 struct Engine::Buffers {
-    std::vector<float> act[2];      // float activations, NHWC (ping-pong)
-    std::vector<uint64_t> bits[2];  // packed activations, [N][H+2p][W+2p][P] (ping-pong)
+    aligned_vector<float> act[2];      // float activations, NHWC (ping-pong)
+    aligned_vector<uint64_t> bits[2];  // packed activations, [N][H+2p][W+2p][P] (ping-pong)
 };
 
 // Per input shape: the planned layers and every buffer a run needs, allocated once.
@@ -203,8 +203,8 @@ struct Engine::Workspace {
     int group = 1;                  // image-major: images per run_graph call (and buffer set)
     std::vector<Layer> layers;
     std::vector<Buffers> buffers;   // one per thread (image-major) or one for the batch
-    std::vector<int32_t> pop;       // per thread: popcount row
-    std::vector<float> row;         // per thread: output row + float conv patches
+    aligned_vector<int32_t> pop;    // per thread: popcount row
+    aligned_vector<float> row;      // per thread: output row + float conv patches
     size_t pop_stride = 0, row_stride = 0;
 };
 
@@ -332,9 +332,10 @@ Engine::Workspace* Engine::acquire(int n, int h, int w) {
         for (auto& a : b.act) a.assign(max_act / n * group, 0.f);
         for (auto& bb : b.bits) bb.assign(max_bits / n * group, 0);
     }
-    ws->pop_stride = max_pop, ws->row_stride = max_row;
-    ws->pop.assign(max_pop * threads, 0);
-    ws->row.assign(max_row * threads, 0.f);
+    // each thread's slice on its own cache lines (aligned loads, no false sharing)
+    ws->pop_stride = (max_pop + 15) / 16 * 16, ws->row_stride = (max_row + 15) / 16 * 16;
+    ws->pop.assign(ws->pop_stride * threads, 0);
+    ws->row.assign(ws->row_stride * threads, 0.f);
     return ws.release();
 }
 
