@@ -241,11 +241,13 @@ int expected_params(OpKind kind) {
 
 }  // namespace
 
-Model parse_model(std::vector<uint8_t> bytes) {
+Model parse_model(aligned_vector<uint8_t> bytes) {
     Model m;
     m.bytes = std::move(bytes);
     const uint8_t* b = m.bytes.data();
     const size_t size = m.bytes.size();
+    if (reinterpret_cast<uintptr_t>(b) % 64)  // the allocator's promise: tensors on cache lines
+        throw std::logic_error("model buffer is not 64-byte aligned");
     if (size < kHeaderBytes) fail("file is " + std::to_string(size) + " bytes, shorter than the header");
     if (std::memcmp(b, kMagic, 8) != 0) fail("bad magic (not an xnornet model file)");
     const uint32_t version = read_le<uint32_t>(b + 8);
@@ -359,7 +361,7 @@ Model load_model_file(const std::string& path) {
     if (!f) throw ModelError("cannot open model file " + path);
     const std::streamoff size = f.tellg();
     if (size < 0 || size > (std::streamoff(1) << 31)) throw ModelError("model file too large: " + path);
-    std::vector<uint8_t> bytes(static_cast<size_t>(size));
+    aligned_vector<uint8_t> bytes(static_cast<size_t>(size));
     f.seekg(0);
     if (size > 0 && !f.read(reinterpret_cast<char*>(bytes.data()), size))
         throw ModelError("cannot read model file " + path);

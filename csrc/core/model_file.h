@@ -7,6 +7,8 @@
 #include <string>
 #include <vector>
 
+#include "core/aligned.h"
+
 namespace xnornet {
 
 struct ModelError : std::runtime_error {
@@ -45,7 +47,9 @@ struct Op {
 };
 
 struct Model {
-    std::vector<uint8_t> bytes;  // the whole file; TensorViews point into it
+    // the whole file; TensorViews point into it (aligned: the tensors' 64-byte file offsets are
+    // then cache-line boundaries, and an epilogue's loads of scales and thresholds never split)
+    aligned_vector<uint8_t> bytes;
     std::vector<Op> ops;
     std::vector<std::string> class_names;
 };
@@ -53,7 +57,7 @@ struct Model {
 uint32_t crc32(const uint8_t* data, size_t n);
 
 // Parses and validates a model held in memory (takes ownership of the bytes).
-Model parse_model(std::vector<uint8_t> bytes);
+Model parse_model(aligned_vector<uint8_t> bytes);
 Model load_model_file(const std::string& path);
 
 }  // namespace xnornet

@@ -97,7 +97,7 @@ NB_MODULE(_engine, m) {
 
     nb::class_<Engine>(m, "Engine")
         .def("__init__", [](Engine* self, nb::bytes data, int threads, const std::string& isa) {
-            std::vector<uint8_t> bytes(data.size());
+            aligned_vector<uint8_t> bytes(data.size());
             if (data.size()) std::memcpy(bytes.data(), data.c_str(), data.size());
             new (self) Engine(parse_model(std::move(bytes)), threads, isa);
         }, nb::arg("data"), nb::arg("threads") = 0, nb::arg("isa") = "")
