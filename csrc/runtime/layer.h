@@ -21,7 +21,7 @@ struct Prepared {
     // BConv: [cout/8][k*k][P][8] (see kernels/bconv.h) and, per output channel and tap, the
     // popcount of that tap's weight words: what a zero (border) input word adds to the sum.
     aligned_vector<uint64_t> bin_weight;
-    std::vector<int32_t> tap_popcount;  // [cout][k*k]
+    aligned_vector<int32_t> tap_popcount;  // [cout][k*k]
     // AMX kernels only: the same weights as int8 +-1 (0 past cin) in TDPBSSD's VNNI layout,
     // [cout/16][k*k][P][16 rows = 4-channel groups][16 outputs x 4 channels].
     aligned_vector<int8_t> amx_weight;
@@ -39,7 +39,7 @@ struct Layer {
     std::vector<int> row_class, col_class;
     int col_classes = 0;
     std::vector<int> valid_taps;
-    std::vector<int32_t> invalid_popcount;  // [class][cout]
+    aligned_vector<int32_t> invalid_popcount;  // [class][cout]
     // Output pixels with every tap inside the input: rows where row_interior[oy], columns
     // [interior_x0, interior_x1) (contiguous; empty when there are none).
     std::vector<uint8_t> row_interior;
