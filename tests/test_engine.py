@@ -149,14 +149,18 @@ def test_fused_chain_matches_reference(isa, batch, threads):
 
 
 @pytest.mark.parametrize("isa", ISAS)
-@pytest.mark.parametrize("cin,cout", [(16, 48), (24, 48), (72, 144), (128, 256)])
+@pytest.mark.parametrize("cin,cout", [(16, 48), (24, 48), (72, 144), (64, 128), (128, 256), (256, 512), (64, 192)])
 def test_downsample_shortcut_channel_counts(isa, cin, cout):
     """The average-pooled, channel-repeated shortcut: 16-channel chunks where cin allows, the
-    general loop for the rest; repeats of 2 and 3."""
+    general loop for the rest; repeats of 2 and 3; the tile kernels' shapes compiled with
+    constant channel counts (64, 128 and 256 -> twice as many) and the same count's runtime
+    path (64 -> 192)."""
     ops = [conv_fp_op(3, cin), bconv_op(cin, cin, residual=mf.RES_IDENTITY),
            bconv_op(cin, cout, 2, mf.RES_DOWNSAMPLE), head_op(cout, 5)]
     x = RNG.normal(0, 1, (3, 3, 10, 6)).astype(np.float32)
     check(ops, x, isa, 2, atol=1e-3)
+    # followed by a binary conv: the fused epilogue that also packs its bits (tile kernels)
+    check(ops[:3] + [bconv_op(cout, 16), head_op(16, 5)], x, isa, 2, atol=1e-3)
 
 
 def float32_bconv(op, x):

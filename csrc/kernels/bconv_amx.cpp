@@ -28,6 +28,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <type_traits>
 #include <vector>
 
 #include "kernels/bconv.h"
@@ -303,12 +304,13 @@ struct Epilogue {
     const int* valid_taps;      // per border class
     int cout, cin, taps;        // taps = k * k
     int stride, in_row;         // in_row: floats per input row (in_w * cin)
+    float per_tap;              // a pooled window's weight, 1 / stride^2
     explicit Epilogue(const Layer& L)
         : scale(L.op->tensors[3].f32()), bias(L.op->tensors[4].f32()),
           s2(L.next_bconv ? L.next_bconv->tensors[0].f32() : nullptr),
           b2(L.next_bconv ? L.next_bconv->tensors[1].f32() : nullptr), inv(L.invalid_popcount.data()),
           valid_taps(L.valid_taps.data()), cout(L.op->cout), cin(L.op->cin), taps(L.op->k * L.op->k),
-          stride(L.op->stride), in_row(L.in_w * L.op->cin) {}
+          stride(L.op->stride), in_row(L.in_w * L.op->cin), per_tap(1.f / float(stride * stride)) {}
 };
 
 // Binary conv epilogue of one pixel from D (the +-1 dot product over all taps, border taps
@@ -345,12 +347,14 @@ static inline void dot_pixel(const Epilogue& E, const int32_t* __restrict d, siz
 // (dot * scale + bias) + shortcut(c, y) for 16 channels at a time, stored, and the next binary
 // conv's sign bits packed from the same registers, each 64-bit word whole in a register. dot is
 // D, plus the border correction 2*inv + off for a border pixel (kBorder), in dot_pixel's order.
-template <bool kBorder, class Shortcut>
+// Q: words per pixel (cout / 64) when known at compile time (0: E.cout / 64).
+template <bool kBorder, int Q = 0, class Shortcut>
 static inline void store_pack(const Epilogue& E, size_t cls, const int32_t* __restrict d,
                               float* __restrict y, uint64_t* __restrict packed, Shortcut shortcut) {
     const int32_t* __restrict inv = E.inv + cls * E.cout;
     const __m512i off = _mm512_set1_epi32((E.valid_taps[cls] - E.taps) * E.cin);
-    for (int q = 0; q < E.cout / 64; ++q) {
+#pragma GCC unroll 8
+    for (int q = 0; q < (Q ? Q : E.cout / 64); ++q) {
         uint64_t word = 0;
         for (int j = 0; j < 64; j += 16) {
             const int c = 64 * q + j;
@@ -375,24 +379,44 @@ constexpr int kMaxPoolChannels = 512;  // dot_pool_pack's pooled windows, in reg
 // in the same order, as dot_pixel + add_shortcut + pack_pixel (window summed in (dy, dx) order
 // from 0). Border pixels add the border correction to D (dot = D + 2*inv + off, as dot_pixel);
 // interior ones need none. Every input of the window is read before y is stored, so y may lie
-// over the window (pool_over_input): x0 and y are not restrict.
-template <bool kBorder>
+// over the window (pool_over_input): x0 and y are not restrict. NV (cin / 16), S (stride) and Q
+// (cout / 64), when known at compile time (PoolShape; 0: from E), keep the pooled windows in
+// registers and every channel index a constant (with them from E, a division per 16 outputs).
+template <bool kBorder, int NV = 0, int S = 0, int Q = 0>
 static inline void dot_pool_pack(const Epilogue& E, size_t cls, const float* x0,
                                  const int32_t* __restrict d, float* y, uint64_t* __restrict packed) {
-    const int ci = E.cin, s = E.stride;
-    const __m512 per_tap = _mm512_set1_ps(1.f / float(s * s));
+    const int nv = NV ? NV : E.cin / 16, s = S ? S : E.stride, ci = 16 * nv;
+    const __m512 per_tap = _mm512_set1_ps(E.per_tap);
     // The pooled window of every input channel first (kMaxPoolChannels), then each packed word
     // whole in a register: no read-modify-write of the words per 16 channels.
-    __m512 pooled[kMaxPoolChannels / 16];
-    for (int c0 = 0; c0 < ci; c0 += 16) {
+    __m512 pooled[NV ? NV : kMaxPoolChannels / 16];
+#pragma GCC unroll 16
+    for (int v = 0; v < nv; ++v) {
         __m512 sum = _mm512_setzero_ps();
+#pragma GCC unroll 4
         for (int dy = 0; dy < s; ++dy)
+#pragma GCC unroll 4
             for (int dx = 0; dx < s; ++dx)
-                sum = _mm512_add_ps(sum, _mm512_loadu_ps(x0 + size_t(dy) * E.in_row + dx * ci + c0));
-        pooled[c0 / 16] = _mm512_mul_ps(sum, per_tap);
+                sum = _mm512_add_ps(sum, _mm512_loadu_ps(x0 + size_t(dy) * E.in_row + dx * ci + 16 * v));
+        pooled[v] = _mm512_mul_ps(sum, per_tap);
     }
     // channels repeated: output c takes input c % ci
-    store_pack<kBorder>(E, cls, d, y, packed, [&](int c, const float*) { return pooled[(c % ci) / 16]; });
+    store_pack<kBorder, Q>(E, cls, d, y, packed,
+                           [&](int c, const float*) { return pooled[NV ? (c / 16) % NV : (c % ci) / 16]; });
+}
+
+// The downsampling shapes of the default trunk, compiled for (dot_pool_pack): cin -> 2 cin,
+// stride 2, cin 64, 128 or 256. f(NV, S, Q) gets them as constants, other shapes as 0.
+template <int V>
+using Const = std::integral_constant<int, V>;
+template <class F>
+static inline void with_pool_shape(const Epilogue& E, F f) {
+    if (E.stride == 2 && E.cout == 2 * E.cin) switch (E.cin) {
+            case 64: return f(Const<4>{}, Const<2>{}, Const<2>{});
+            case 128: return f(Const<8>{}, Const<2>{}, Const<4>{});
+            case 256: return f(Const<16>{}, Const<2>{}, Const<8>{});
+        }
+    f(Const<0>{}, Const<0>{}, Const<0>{});
 }
 
 // A pixel of an in-place identity layer (y holds the shortcut), no ReLU, a next binary conv:
@@ -408,13 +432,13 @@ static inline void dot_add_pack(const Epilogue& E, size_t cls, const int32_t* __
 // look up, no correction) of one output row, from D d (then every d_stride), output y, packed
 // bits and, for kPool, the pooled window's top-left x0; in a function of its own so that its loop
 // keeps its pointers in registers (in bconv_images they lived on the stack).
-template <bool kPool>
+template <bool kPool, int NV = 0, int S = 0, int Q = 0>
 __attribute__((noinline)) static void interior_run(const Epilogue& E, int n, const int32_t* d, int d_stride,
                                                    float* y, uint64_t* bits, const float* x0) {
     const int C = E.cout, PO = C / 64;
     for (int i = 0; i < n; ++i, d += d_stride, y += C, bits += PO) {
         if constexpr (kPool) {
-            dot_pool_pack<false>(E, 0, x0, d, y, bits);
+            dot_pool_pack<false, NV, S, Q>(E, 0, x0, d, y, bits);
             x0 += size_t(E.stride) * E.cin;
         } else {
             dot_add_pack<false>(E, 0, d, y, bits);
@@ -538,8 +562,10 @@ static void bconv_images(const Layer& L, const LayerIO& io, int img0, int images
                 const int32_t* d = pl.d + size_t(i + run0 - x) * pl.d_stride;
                 float* yp = out + size_t(run0) * C;
                 if (pool_fuse)
-                    interior_run<true>(E, run1 - run0, d, pl.d_stride, yp, row + size_t(run0) * PO,
-                                       x_row + size_t(run0) * s * E.cin);
+                    with_pool_shape(E, [&](auto nv, auto st, auto q) {
+                        interior_run<true, nv, st, q>(E, run1 - run0, d, pl.d_stride, yp, row + size_t(run0) * PO,
+                                                      x_row + size_t(run0) * s * E.cin);
+                    });
                 else
                     interior_run<false>(E, run1 - run0, d, pl.d_stride, yp, row + size_t(run0) * PO, nullptr);
             }
@@ -552,10 +578,13 @@ static void bconv_images(const Layer& L, const LayerIO& io, int img0, int images
                 const size_t cls = row_cls + col_class[ox];  // L.border_class(oy, ox)
                 const bool interior = E.valid_taps[cls] == E.taps;
                 if (pool_fuse && bits) {
-                    if (interior)
-                        dot_pool_pack<false>(E, cls, x_row + size_t(ox) * s * E.cin, d, yp, bits);
-                    else
-                        dot_pool_pack<true>(E, cls, x_row + size_t(ox) * s * E.cin, d, yp, bits);
+                    with_pool_shape(E, [&](auto nv, auto st, auto q) {
+                        const float* x0 = x_row + size_t(ox) * s * E.cin;
+                        if (interior)
+                            dot_pool_pack<false, nv, st, q>(E, cls, x0, d, yp, bits);
+                        else
+                            dot_pool_pack<true, nv, st, q>(E, cls, x0, d, yp, bits);
+                    });
                 } else if (add_fuse && bits) {
                     if (interior)
                         dot_add_pack<false>(E, cls, d, yp, bits);
