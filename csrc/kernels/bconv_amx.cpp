@@ -9,8 +9,8 @@
 // kernel whole feature maps (Kernels::whole_maps), at batch sizes of a few images per thread
 // several images' maps per call (Kernels::layer_images), so a weight tile, once loaded, serves a
 // group of up to 32 pixel tiles of 16 output pixels, which may span rows and images. The input
-// rows are expanded to int8 (+1 / -1, one vpblendmb per 64 channels) into stride x stride phase
-// images, phase (py, px) holding padded pixels
+// rows are expanded to int8 (one vpblendmb per 64 channels) into stride x stride phase images,
+// phase (py, px) holding padded pixels
 // (stride*i + py, stride*j + px). Numbered q = row * Wq + column over a phase image's width Wq,
 // the output pixels of a tap then sit at evenly spaced addresses: an A tile is 16 consecutive q
 // (wrapping across rows; the Wq - out_w columns past the map's edge are computed and dropped) and
@@ -18,9 +18,12 @@
 // a phase row (phase_width: a tap past the row's end reads the next row's left padding), and
 // where it fills pixel tiles better two images share each phase row (Source::lanes). Weights are
 // int8 +-1 in the VNNI layout TDPBSSD wants, with 0 for channels past cin, so those bits add
-// nothing. The result D (the +-1 dot product over all taps, border taps included as -1 inputs,
-// exactly as the XOR kernels see them) goes straight into the epilogue: the same integer as the
-// XOR kernels' popcount formula, D = k*k*cin - 2*popcount; identity and downsampling layers store
+// nothing. An activation a = +-1 goes in as b = (a + 1) / 2, a byte 1 or 0 (border taps 0): the
+// matrix unit's speed depends on the data, and with 0 for -1 instead of 0xFF every layer ran
+// 9-12% faster (docs/engine.md). The tiles' sum D' = sum(b * w) gives the +-1 dot product over
+// all taps, border taps included as -1 inputs (exactly as the XOR kernels see them), as
+// D = 2 D' - sum(w) (tile_dot, with Prepared::amx_wsum), which goes straight into the epilogue: the
+// same integer as the XOR kernels' popcount formula, D = k*k*cin - 2*popcount; identity and downsampling layers store
 // y and pack the next layer's bits in one register pass (dot_add_pack, dot_pool_pack), a row's
 // interior pixels in one run (interior_run), others through dot_pixel and the shared row code.
 // Measurements and what is left: docs/engine.md.
@@ -110,8 +113,9 @@ static int phase_width(int in_w, int pad, int k, int stride) {
 }
 
 // Expand the padded input rows that output rows from a.oy on read (mtiles pixel tiles of them,
-// per image) into int8 phase images. Pixels past the padded image (the slack that the last
-// tiles' dropped rows read) are -1. With k < stride the phases (py, px) with py or px >= k are
+// per image) into int8 phase images of b = (a + 1) / 2: 1 for a set bit, 0 for a clear one and
+// for the padding. Pixels past the padded image (the slack that the last tiles' dropped rows
+// read) are 0 too. With k < stride the phases (py, px) with py or px >= k are
 // never read and stay unfilled.
 static Phases expand(const Source& a, int mtiles) {
     const int s = a.stride, P = a.words, wq = a.wq * a.lanes, reach = (a.k - 1) / s;
@@ -120,7 +124,7 @@ static Phases expand(const Source& a, int mtiles) {
     const size_t pixels = size_t(mtiles) * 16 + size_t(reach) * (wq + 1);
     thread_local aligned_vector<int8_t> buf;  // tile rows must not straddle cache lines
     buf.resize(size_t(s) * s * strips * pixels * pb);
-    const __m512i plus = _mm512_set1_epi8(1), minus = _mm512_set1_epi8(-1);
+    const __m512i one = _mm512_set1_epi8(1), zero = _mm512_setzero_si512();
     const int used = std::min(s, a.k);
     for (int py = 0; py < used; ++py)
         for (int px = 0; px < used; ++px)
@@ -131,7 +135,7 @@ static Phases expand(const Source& a, int mtiles) {
                     for (int lane = 0, j0 = 0; j0 < n; ++lane, j0 += a.wq) {  // each image's part of the row
                         const int g = st * a.lanes + lane, j1 = std::min(n, j0 + a.wq);
                         if (r >= a.hp || g >= a.images) {  // slack, or no image in this lane
-                            std::memset(dst + size_t(j0) * pb, -1, size_t(j1 - j0) * pb);
+                            std::memset(dst + size_t(j0) * pb, 0, size_t(j1 - j0) * pb);
                             continue;
                         }
                         const uint64_t* row = a.act + (size_t(g) * a.hp + r) * a.wp * P;
@@ -139,12 +143,12 @@ static Phases expand(const Source& a, int mtiles) {
                             int8_t* out = dst + j * pb;
                             const int c = s * (j - j0) + px;
                             if (c >= a.wp) {
-                                std::memset(out, -1, pb);
+                                std::memset(out, 0, pb);
                                 continue;
                             }
                             const uint64_t* src = row + size_t(c) * P;
                             for (int p = 0; p < P; ++p)
-                                _mm512_storeu_si512(out + 64 * p, _mm512_mask_blend_epi8(src[p], minus, plus));
+                                _mm512_storeu_si512(out + 64 * p, _mm512_mask_blend_epi8(src[p], zero, one));
                         }
                     }
                     q += n, dst += n * pb;
@@ -268,7 +272,8 @@ static void block(const Plan& pl, size_t a0, size_t a1, int slot, int ob) {
     if (TP > 1 && OB > 1) _tile_stored(5, d + tile + 16, stride);
 }
 
-// Four independent TDPBSSD chains on zero tiles: the matrix unit's int8 rate.
+// Four independent TDPBSSD chains on zero tiles: the matrix unit's int8 rate (the same, within
+// noise, on random 0/1 x +-1 operands: measured, docs/engine.md).
 static uint64_t peak_loop(uint64_t iters) {
     configure();
     _tile_zero(0);
@@ -302,6 +307,7 @@ struct Epilogue {
     const float *s2, *b2;       // the next binary conv's sign thresholds: y * s2 + b2 >= 0
     const int32_t* inv;         // border correction per class, [class][cout]
     const int* valid_taps;      // per border class
+    const int32_t* wsum;        // sum of each output's int8 weights (tile_dot)
     int cout, cin, taps;        // taps = k * k
     int stride, in_row;         // in_row: floats per input row (in_w * cin)
     float per_tap;              // a pooled window's weight, 1 / stride^2
@@ -309,12 +315,18 @@ struct Epilogue {
         : scale(L.op->tensors[3].f32()), bias(L.op->tensors[4].f32()),
           s2(L.next_bconv ? L.next_bconv->tensors[0].f32() : nullptr),
           b2(L.next_bconv ? L.next_bconv->tensors[1].f32() : nullptr), inv(L.invalid_popcount.data()),
-          valid_taps(L.valid_taps.data()), cout(L.op->cout), cin(L.op->cin), taps(L.op->k * L.op->k),
+          valid_taps(L.valid_taps.data()), wsum(L.prep->amx_wsum.data()), cout(L.op->cout), cin(L.op->cin),
+          taps(L.op->k * L.op->k),
           stride(L.op->stride), in_row(L.in_w * L.op->cin), per_tap(1.f / float(stride * stride)) {}
 };
 
-// Binary conv epilogue of one pixel from D (the +-1 dot product over all taps, border taps
-// counted as -1 inputs): the dot product over valid taps is D - (full - base) + 2*inv (inv: the
+// The +-1 dot product over all taps (border taps as -1 inputs) of an output from the tiles' sum
+// over 0/1 activations (see the top of the file): D = 2 D' - sum(w).
+static inline int32_t tile_dot(int32_t d, int32_t wsum) { return 2 * d - wsum; }
+static inline __m512i tile_dot(__m512i d, __m512i wsum) { return _mm512_sub_epi32(_mm512_slli_epi32(d, 1), wsum); }
+
+// Binary conv epilogue of one pixel from the tiles' sums d (D = tile_dot(d), the +-1 dot product
+// over all taps, border taps counted as -1 inputs): the dot product over valid taps is D - (full - base) + 2*inv (inv: the
 // weights' popcount on the border taps), then y = dot * scale + bias; the same integers, hence
 // the same floats, as the XOR kernels' popcount epilogue (cls: the pixel's border class). With
 // `add_x` y holds the identity shortcut on entry and gets (dot * scale + bias) + shortcut.
@@ -324,29 +336,31 @@ static inline void dot_pixel(const Epilogue& E, const int32_t* __restrict d, siz
     const int32_t off = (E.valid_taps[cls] - E.taps) * E.cin;
     const float* __restrict scale = E.scale;
     const float* __restrict bias = E.bias;
+    const int32_t* __restrict wsum = E.wsum;
     if (E.valid_taps[cls] == E.taps) {  // interior pixel: no border correction (inv = off = 0)
         if (add_x) {
 #pragma omp simd
-            for (int o = 0; o < E.cout; ++o) y[o] = (float(d[o]) * scale[o] + bias[o]) + y[o];
+            for (int o = 0; o < E.cout; ++o) y[o] = (float(tile_dot(d[o], wsum[o])) * scale[o] + bias[o]) + y[o];
         } else {
 #pragma omp simd
-            for (int o = 0; o < E.cout; ++o) y[o] = float(d[o]) * scale[o] + bias[o];
+            for (int o = 0; o < E.cout; ++o) y[o] = float(tile_dot(d[o], wsum[o])) * scale[o] + bias[o];
         }
         return;
     }
     if (add_x) {
 #pragma omp simd
-        for (int o = 0; o < E.cout; ++o) y[o] = (float(d[o] + 2 * inv[o] + off) * scale[o] + bias[o]) + y[o];
+        for (int o = 0; o < E.cout; ++o) y[o] = (float(tile_dot(d[o], wsum[o]) + 2 * inv[o] + off) * scale[o] + bias[o]) + y[o];
     } else {
 #pragma omp simd
-        for (int o = 0; o < E.cout; ++o) y[o] = float(d[o] + 2 * inv[o] + off) * scale[o] + bias[o];
+        for (int o = 0; o < E.cout; ++o) y[o] = float(tile_dot(d[o], wsum[o]) + 2 * inv[o] + off) * scale[o] + bias[o];
     }
 }
 
 // The fused epilogues' common pass over one pixel's channels (cout % 64 == 0): y[c] =
 // (dot * scale + bias) + shortcut(c, y) for 16 channels at a time, stored, and the next binary
 // conv's sign bits packed from the same registers, each 64-bit word whole in a register. dot is
-// D, plus the border correction 2*inv + off for a border pixel (kBorder), in dot_pixel's order.
+// D (tile_dot of the tiles' sums d), plus the border correction 2*inv + off for a border pixel
+// (kBorder), in dot_pixel's order.
 // Q: words per pixel (cout / 64) when known at compile time (0: E.cout / 64).
 template <bool kBorder, int Q = 0, class Shortcut>
 static inline void store_pack(const Epilogue& E, size_t cls, const int32_t* __restrict d,
@@ -358,7 +372,7 @@ static inline void store_pack(const Epilogue& E, size_t cls, const int32_t* __re
         uint64_t word = 0;
         for (int j = 0; j < 64; j += 16) {
             const int c = 64 * q + j;
-            __m512i di = _mm512_loadu_si512(d + c);
+            __m512i di = tile_dot(_mm512_loadu_si512(d + c), _mm512_loadu_si512(E.wsum + c));
             if (kBorder)
                 di = _mm512_add_epi32(_mm512_add_epi32(di, _mm512_slli_epi32(_mm512_loadu_si512(inv + c), 1)), off);
             const __m512 v = _mm512_add_ps(

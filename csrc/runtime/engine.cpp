@@ -110,6 +110,12 @@ std::unique_ptr<Prepared> prepare(const Op& op, bool int8_weights) {
                         p->amx_weight[((size_t(o / 16) * kk + t) * P + q) * 1024 + (j / 4) * 64 +
                                       (o % 16) * 4 + j % 4] = plus ? 1 : -1;
                     }
+            // The tile kernel's activations are 0/1 bytes (bconv_amx.cpp): it needs each output's
+            // weight sum (bits past cin are 0, which the model file check guarantees).
+            p->amx_wsum.assign(size_t(blocks16) * 16, 0);
+            for (int o = 0; o < op.cout; ++o)
+                for (int t = 0; t < kk; ++t)
+                    p->amx_wsum[o] += 2 * p->tap_popcount[size_t(o) * kk + t] - op.cin;
         }
     }
     return p;
