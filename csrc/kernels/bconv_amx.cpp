@@ -112,6 +112,18 @@ static int phase_width(int in_w, int pad, int k, int stride) {
     return (wp + stride - 1) / stride;
 }
 
+// n pixels' packed words (P each, `step` words apart) as 0/1 bytes at out, one after another: the
+// expansion's inner loop, in a function of its own so that it keeps its few pointers in
+// registers (inlined into bconv_images it reloaded them from the stack for every pixel).
+template <int P>
+__attribute__((noinline)) static void expand_pixels(const uint64_t* src, size_t step, int n, int words,
+                                                    int8_t* out) {
+    const __m512i one = _mm512_set1_epi8(1);
+    const int w = P ? P : words;
+    for (int i = 0; i < n; ++i, src += step)
+        for (int p = 0; p < w; ++p, out += 64) _mm512_storeu_si512(out, _mm512_maskz_mov_epi8(src[p], one));
+}
+
 // Expand the padded input rows that output rows from a.oy on read (mtiles pixel tiles of them,
 // per image) into int8 phase images of b = (a + 1) / 2: 1 for a set bit, 0 for a clear one and
 // for the padding. Pixels past the padded image (the slack that the last tiles' dropped rows
@@ -124,7 +136,6 @@ static Phases expand(const Source& a, int mtiles) {
     const size_t pixels = size_t(mtiles) * 16 + size_t(reach) * (wq + 1);
     thread_local aligned_vector<int8_t> buf;  // tile rows must not straddle cache lines
     buf.resize(size_t(s) * s * strips * pixels * pb);
-    const __m512i one = _mm512_set1_epi8(1), zero = _mm512_setzero_si512();
     const int used = std::min(s, a.k);
     for (int py = 0; py < used; ++py)
         for (int px = 0; px < used; ++px)
@@ -138,18 +149,19 @@ static Phases expand(const Source& a, int mtiles) {
                             std::memset(dst + size_t(j0) * pb, 0, size_t(j1 - j0) * pb);
                             continue;
                         }
-                        const uint64_t* row = a.act + (size_t(g) * a.hp + r) * a.wp * P;
-                        for (int j = j0; j < j1; ++j) {
-                            int8_t* out = dst + j * pb;
-                            const int c = s * (j - j0) + px;
-                            if (c >= a.wp) {
-                                std::memset(out, 0, pb);
-                                continue;
-                            }
-                            const uint64_t* src = row + size_t(c) * P;
-                            for (int p = 0; p < P; ++p)
-                                _mm512_storeu_si512(out + 64 * p, _mm512_mask_blend_epi8(src[p], zero, one));
+                        // columns j0.. read padded columns c = s * (j - j0) + px; those past the
+                        // padded row (c >= wp) are 0
+                        const int in_row = std::min(j1, j0 + (a.wp - px + s - 1) / s);
+                        const uint64_t* src = a.act + ((size_t(g) * a.hp + r) * a.wp + px) * P;
+                        int8_t* out = dst + size_t(j0) * pb;
+                        const size_t step = size_t(s) * P;
+                        switch (P) {
+                            case 1: expand_pixels<1>(src, step, in_row - j0, P, out); break;
+                            case 2: expand_pixels<2>(src, step, in_row - j0, P, out); break;
+                            case 4: expand_pixels<4>(src, step, in_row - j0, P, out); break;
+                            default: expand_pixels<0>(src, step, in_row - j0, P, out); break;
                         }
+                        std::memset(dst + size_t(in_row) * pb, 0, size_t(j1 - in_row) * pb);
                     }
                     q += n, dst += n * pb;
                 }
