@@ -251,10 +251,11 @@ def _identity_chain(k, cin, h, w, batch):
 @pytest.mark.parametrize("h,w,cout", [(32, 32, 128), (32, 16, 128), (12, 20, 128), (16, 16, 256)])
 def test_downsampling_over_its_input_is_bitwise(isa, batch, threads, h, w, cout):
     """The tile kernels write a downsampling layer's output over its input map where their pixel
-    order allows (cout = 2 * cin, one image per phase row: 32x32 and 32x16 inputs); the next
-    identity layer then reads it there. Elsewhere (images side by side on 12x20; cout = 4 * cin)
-    and in the other run modes the output goes to the other buffer. Bit for bit PyTorch's float32
-    after a first identity layer (which wrote the input map in place) and two more layers."""
+    order allows (cout = 2 * cin: 32x32 and 32x16 inputs one image per phase row, 12x20 two side
+    by side, their rows alternating; each image in a slot of its own); the next identity layer
+    then reads it there. With cout = 4 * cin and in the other run modes the output goes to the
+    other buffer. Bit for bit PyTorch's float32 after a first identity layer (which wrote the
+    input map in place) and two more layers."""
     data, x, want = _downsampling_chain(h, w, cout, batch)
     got = Engine.from_bytes(data, threads=threads, isa=isa).run(x)
     np.testing.assert_array_equal(got, want)

@@ -31,9 +31,9 @@ struct Kernels {
     // Output rows [oy, oy_end) of image img of a layer: conv (binary or float), epilogue (scale,
     // bias, shortcut, ReLU), float output and packing for the next binary conv.
     void (*layer_rows)(const Layer&, const LayerIO&, int img, int oy, int oy_end, Scratch&);
-    // Pack rows of a float NHWC tensor for the binary conv `next` (when the graph starts with one).
-    void (*pack_row)(const float* y, int C, int H, int W, const Op& next, uint64_t* bits_out,
-                     int img, int oy);
+    // Pack row oy of one image's float NHWC map (C x H x W) into that image's packed map (`base`)
+    // for the binary conv `next` (when the graph starts with one).
+    void (*pack_row)(const float* y, int C, int H, int W, const Op& next, uint64_t* base, int oy);
     // The peak: a register-only XOR-popcount-accumulate loop, 8 independent accumulators.
     // Runs `iters` iterations of peak_macs_per_iter binary MACs; returns a checksum.
     uint64_t (*peak_loop)(uint64_t iters);
@@ -50,7 +50,7 @@ struct Kernels {
     void (*layer_images)(const Layer&, const LayerIO&, int img0, int count, Scratch&) = nullptr;
     // Whether layer_images, on `count` images, may write this downsampling layer's float output
     // over its input (LayerIO::pool_over_input; null: never): its pixel order reads every input
-    // window before an output overwrites it. Saves the output's write misses (a map that is
+    // window of an image before an output overwrites it. Saves the output's write misses (a map that is
     // otherwise cold) and leaves the next layer's input where the last one was read.
     bool (*pool_over_input)(const Layer&, int count) = nullptr;
 };

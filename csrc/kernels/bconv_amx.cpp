@@ -99,6 +99,7 @@ struct Phases {
 // output maps, 9 columns a row, take 5 tiles per image alone (72 pixels) and 9 per pair (144).
 struct Source {
     const uint64_t* act;  // top-left of the first padded input image, [images][hp][wp][words]
+    size_t image_words;   // from one image's padded map to the next's (Layer::bits_image)
     int hp, wp, words, k, stride, oy, images, wq, lanes;
 };
 
@@ -152,7 +153,7 @@ static Phases expand(const Source& a, int mtiles) {
                         // columns j0.. read padded columns c = s * (j - j0) + px; those past the
                         // padded row (c >= wp) are 0
                         const int in_row = std::min(j1, j0 + (a.wp - px + s - 1) / s);
-                        const uint64_t* src = a.act + ((size_t(g) * a.hp + r) * a.wp + px) * P;
+                        const uint64_t* src = a.act + g * a.image_words + (size_t(r) * a.wp + px) * P;
                         int8_t* out = dst + size_t(j0) * pb;
                         const size_t step = size_t(s) * P;
                         switch (P) {
@@ -487,20 +488,20 @@ static int lanes_for(const Layer& L, int images, int rows) {
     return images > 1 && (rows * 2 * wq + 15) / 16 < 2 * ((rows * wq + 15) / 16) ? 2 : 1;
 }
 
-// Kernels::pool_over_input: whether bconv_images, on whole maps of `images` images, may write a
-// downsampling layer's y over its input x. Its epilogue goes through the pixels image by image
-// (lanes == 1) and row by row (within a row the interior run, then the border pixels), and
+// Kernels::pool_over_input: whether bconv_images may write a downsampling layer's y over its
+// input x. Each image has its own slot in the buffers (Layer::act_image), and within an image the
+// epilogue goes through the pixels row by row (within a row the interior run, then the border
+// pixels; with two images side by side their rows alternate, which does not matter here), and
 // dot_pool_pack reads a pixel's whole window before storing it. With cout = s * cin (and the
-// input s times the output on each side, which the executor checks), in floats output pixel
-// (m, ox) (m: the output row, counted over the call's images) starts at (m * W + ox) * s * cin
-// and its window's first input row at (m * s * W + ox) * s * cin (W: output width): on the call's
-// first row each pixel covers exactly the first row of its own window (a 16-channel store only
-// inputs of its own sums); below it a whole output row ends ((m + 1) * W <= m * s * W) before the
-// first input row of its windows starts, so nothing still to be read is overwritten.
-static bool pool_over_input(const Layer& L, int images) {
+// input s times the output on each side, which the executor checks), in floats from the image's
+// slot, output pixel (m, ox) starts at (m * W + ox) * s * cin and its window's first input row at
+// (m * s * W + ox) * s * cin (W: output width): on the first row each pixel covers exactly the
+// first row of its own window (a 16-channel store only inputs of its own sums); below it a whole
+// output row ends ((m + 1) * W <= m * s * W) before the first input row of its windows starts,
+// so nothing still to be read is overwritten.
+static bool pool_over_input(const Layer& L, int) {
     const Op& op = *L.op;
-    return pool_fused(op) && L.next_bconv && op.stride >= 2 && op.cout == op.stride * op.cin &&
-           lanes_for(L, images, L.out_h) == 1;
+    return pool_fused(op) && L.next_bconv && op.stride >= 2 && op.cout == op.stride * op.cin;
 }
 
 // Output rows [oy0, oy_end) of `images` consecutive images from img0 of a binary conv layer
@@ -516,7 +517,7 @@ static void bconv_images(const Layer& L, const LayerIO& io, int img0, int images
     const int wq = phase_width(L.in_w, op.pad, op.k, s), rows = oy_end - oy0;
     const int lanes = lanes_for(L, images, rows);
     const int strip_w = lanes * wq, mtiles = (rows * strip_w + 15) / 16, strips = (images + lanes - 1) / lanes;
-    const Source a{io.bits_in + size_t(img0) * Hp * Wp * P, Hp, Wp, P, op.k, s, oy0, images, wq, lanes};
+    const Source a{io.bits_in + img0 * L.bits_image, L.bits_image, Hp, Wp, P, op.k, s, oy0, images, wq, lanes};
     const int blocks16 = (pr.cout_blocks * kLanes + 15) / 16;
     const int total = strips * mtiles, span = group_span(16 * blocks16, total);
     thread_local aligned_vector<int32_t> dbuf;
@@ -533,7 +534,7 @@ static void bconv_images(const Layer& L, const LayerIO& io, int img0, int images
         for (int g = 0; g < images; ++g)
             for (int y = 0; y < rows; ++y)
                 packed[size_t(g) * rows + y] =
-                    packed_row(C, L.out_h, L.out_w, *L.next_bconv, io.bits_out, img0 + g, oy0 + y);
+                    packed_row(C, L.out_h, L.out_w, *L.next_bconv, io.bits_out + (img0 + g) * L.bits_image, oy0 + y);
     const bool pool_fuse = !io.over_input && pool_fused(op);  // see dot_pool_pack
     // In-place identity layers (the shortcut already in y), no ReLU: see dot_add_pack.
     const bool add_fuse = io.over_input && !op.relu && C % 64 == 0;
@@ -576,9 +577,9 @@ static void bconv_images(const Layer& L, const LayerIO& io, int img0, int images
             const int oy = oy0 + y, x_end = std::min(x + n, L.out_w);
             const size_t row_cls = size_t(row_class[oy]) * col_classes;
             // the pooled shortcut's window of (oy, 0) (downsampling layers)
-            const float* x_row = pool_fuse ? io.act_in + (size_t(img) * L.in_h + size_t(oy) * s) * E.in_row : nullptr;
+            const float* x_row = pool_fuse ? io.act_in + img * L.act_image + size_t(oy) * s * E.in_row : nullptr;
             uint64_t* row = packed[size_t(g) * rows + y];
-            float* out = io.act_out ? io.act_out + (size_t(img) * L.out_h + oy) * L.out_w * C : nullptr;
+            float* out = io.act_out ? io.act_out + img * L.act_image + size_t(oy) * L.out_w * C : nullptr;
             // The row's interior pixels in one run (fused epilogues only), the rest below.
             int run0 = x_end, run1 = x_end;
             // (x < x_end: a segment of dropped columns only has no run, and no D pointer to form)

@@ -179,7 +179,7 @@ void head(const Layer& L, const float* in, int n, float* out) {
     const float* fw = op.tensors[2].f32();
     const float* fb = op.tensors[3].f32();
     std::vector<float> z(C, 0.f);
-    const float* x = in + size_t(n) * HW * C;
+    const float* x = in + n * L.act_image;
     for (int i = 0; i < HW; ++i)
         for (int c = 0; c < C; ++c) z[c] += std::max(x[size_t(i) * C + c] * s[c] + b[c], 0.f);
     for (int c = 0; c < C; ++c) z[c] /= float(HW);
@@ -333,10 +333,13 @@ Engine::Workspace* Engine::acquire(int n, int h, int w) {
     ws->group = ws->image_major && K.layer_images && max_act / n <= kGroupImageFloats
                     ? group_size(n, threads) : 1;
     const size_t group = ws->image_major ? ws->group : n;  // images per buffer set
+    // each image's slot in the buffers (Layer::act_image), on cache lines
+    const size_t act_slot = (max_act / n + 15) / 16 * 16, bits_slot = (max_bits / n + 7) / 8 * 8;
+    for (Layer& L : ws->layers) L.act_image = act_slot, L.bits_image = bits_slot;
     ws->buffers.resize(ws->image_major ? threads : 1);
     for (Buffers& b : ws->buffers) {
-        for (auto& a : b.act) a.assign(max_act / n * group, 0.f);
-        for (auto& bb : b.bits) bb.assign(max_bits / n * group, 0);
+        for (auto& a : b.act) a.assign(act_slot * group, 0.f);
+        for (auto& bb : b.bits) bb.assign(bits_slot * group, 0);
     }
     // each thread's slice on its own cache lines (aligned loads, no false sharing)
     ws->pop_stride = (max_pop + 15) / 16 * 16, ws->row_stride = (max_row + 15) / 16 * 16;
@@ -385,8 +388,8 @@ void Engine::run_graph(Workspace& ws, Buffers& buf, int n, int first_img, float*
 #pragma omp parallel for schedule(static) num_threads(threads) if (parallel)
         for (int r = 0; r < n * first.in_h; ++r) {
             const int img = r / first.in_h, yy = r % first.in_h;
-            K.pack_row(buf.act[0].data() + (size_t(img) * first.in_h + yy) * first.in_w * C, C,
-                       first.in_h, first.in_w, *first.op, buf.bits[0].data(), img, yy);
+            K.pack_row(buf.act[0].data() + img * first.act_image + size_t(yy) * first.in_w * C, C, first.in_h,
+                       first.in_w, *first.op, buf.bits[0].data() + img * first.bits_image, yy);
         }
     }
     for (size_t li = 0; li < ws.layers.size(); ++li) {
@@ -434,14 +437,14 @@ void Engine::run_graph(Workspace& ws, Buffers& buf, int n, int first_img, float*
     for (int i = 0; i < n; ++i)
         for (int p = 0; p < HW; ++p)
             for (int c = 0; c < C; ++c)
-                out[(size_t(first_img + i) * C + c) * HW + p] = a[(size_t(i) * HW + p) * C + c];
+                out[(size_t(first_img + i) * C + c) * HW + p] = a[i * last.act_image + size_t(p) * C + c];
 }
 
 void Engine::execute(Workspace& ws, const std::function<void(float*, int)>& fill, float* out) {
     const bool profiling = profiling_.load();  // read once: another thread may flip it
     std::vector<double> times(profiling ? ws.layers.size() : 0, 0.0);
     std::vector<double>* t = profiling ? &times : nullptr;
-    const size_t image_floats = size_t(ws.h) * ws.w * input_channels();
+    const size_t image_floats = ws.layers.front().act_image;  // each image's slot
     const int threads = this->threads();
     if (threads > 1) pool_started.store(true);
     if (ws.image_major) {

@@ -45,6 +45,11 @@ struct Layer {
     // [interior_x0, interior_x1) (contiguous; empty when there are none).
     std::vector<uint8_t> row_interior;
     int interior_x0 = 0, interior_x1 = 0;
+    // Image i's float maps start at i * act_image floats into every float buffer, its packed maps
+    // at i * bits_image words into every bits buffer: each image has a slot of its own, the size
+    // of the largest map, so no layer writes into another image's data (a layer may then write
+    // over its input, and groups of images may run part of the graph one after another).
+    size_t act_image = 0, bits_image = 0;
     // The border class of output pixel (oy, ox): the index into valid_taps and invalid_popcount.
     size_t border_class(int oy, int ox) const { return size_t(row_class[oy]) * col_classes + col_class[ox]; }
 };
