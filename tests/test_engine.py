@@ -316,6 +316,31 @@ def test_image_groups_are_bitwise_one_image_runs(isa, batch, threads):
     np.testing.assert_allclose(got, reference.run_ops(ops, x), rtol=1e-4, atol=1e-3)
 
 
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("batch,threads", [(16, 1), (13, 1), (20, 2), (9, 1)])
+@pytest.mark.parametrize("first", ["float", "binary"])
+def test_late_layers_on_larger_groups_are_bitwise_one_image_runs(isa, batch, threads, first):
+    """Image-major batches large enough run the late layers (input at most a quarter of the
+    largest map) on groups of twice as many images, the layers before them on the group's parts
+    one after another: whole groups (16 = 8 + 8), ragged ones (13 = 8 + 5: parts 4 + 1; 20 on 2
+    threads: 8 + 8 + 4) and too few images for it (9); a float first conv, or a binary one (the
+    engine packs each part's input). Logits bit for bit those of one-image runs."""
+    stem = conv_fp_op(3, 64) if first == "float" else bconv_op(3, 64)
+    ops = [stem, bconv_op(64, 64, residual=mf.RES_IDENTITY),
+           bconv_op(64, 128, 2, mf.RES_DOWNSAMPLE), bconv_op(128, 256, 2, mf.RES_DOWNSAMPLE),
+           bconv_op(256, 256, residual=mf.RES_IDENTITY), head_op(256, 7)]
+    x = RNG.normal(0, 1, (batch, 3, 16, 16)).astype(np.float32)
+    engine = Engine.from_bytes(mf.to_bytes(ops), threads=threads, isa=isa)
+    got = engine.run(x)
+    one_by_one = np.concatenate([engine.run(x[i:i + 1]) for i in range(batch)])
+    np.testing.assert_array_equal(got, one_by_one)
+    np.testing.assert_allclose(got, reference.run_ops(ops, x), rtol=1e-4, atol=1e-3)
+    # and without a head: the last map, from every image's slot
+    no_head = Engine.from_bytes(mf.to_bytes(ops[:-1]), threads=threads, isa=isa)
+    maps = no_head.run(x)
+    np.testing.assert_array_equal(maps, np.concatenate([no_head.run(x[i:i + 1]) for i in range(batch)]))
+
+
 def test_uint8_input_is_normalized_like_the_reference():
     mean, std = np.array([0.4, 0.5, 0.6], np.float32), np.array([0.2, 0.25, 0.3], np.float32)
     ops = [mf.Op(mf.INPUT, [8, 8, 3], [mean, std]), conv_fp_op(3, 64), bconv_op(64, 64), head_op(64, 10)]

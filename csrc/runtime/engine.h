@@ -52,8 +52,10 @@ private:
     struct Buffers;    // activations for a group of images
     // fill(dst, img): write image img as normalized float NHWC into dst.
     void execute(Workspace& ws, const std::function<void(float*, int)>& fill, float* out);
+    // Layers [l0, l1) on images [img0, img0 + n) of buf (image img0 is batch image first_img +
+    // img0); state: which float and bits buffers hold the input (0, 0 at the start), updated.
     void run_graph(Workspace& ws, Buffers& buf, int n, int first_img, float* out, bool parallel,
-                   std::vector<double>* times);
+                   std::vector<double>* times, size_t l0, size_t l1, int img0, int state[2]);
     void record_profile(std::vector<double> times);
 
     Model model_;
