@@ -309,11 +309,16 @@ def test_image_groups_are_bitwise_one_image_runs(isa, batch, threads):
            bconv_op(48, 144, 2, mf.RES_DOWNSAMPLE), bconv_op(144, 256),
            bconv_op(256, 256, residual=mf.RES_IDENTITY), head_op(256, 7)]
     x = RNG.normal(0, 1, (batch, 3, 12, 10)).astype(np.float32)
+    got = batch_matches_one_image_runs(ops, x, threads, isa)
+    np.testing.assert_allclose(got, reference.run_ops(ops, x), rtol=1e-4, atol=1e-3)
+
+
+def batch_matches_one_image_runs(ops, x, threads, isa):
+    """The batch's outputs, checked bit for bit against runs of one image each."""
     engine = Engine.from_bytes(mf.to_bytes(ops), threads=threads, isa=isa)
     got = engine.run(x)
-    one_by_one = np.concatenate([engine.run(x[i:i + 1]) for i in range(batch)])
-    np.testing.assert_array_equal(got, one_by_one)
-    np.testing.assert_allclose(got, reference.run_ops(ops, x), rtol=1e-4, atol=1e-3)
+    np.testing.assert_array_equal(got, np.concatenate([engine.run(x[i:i + 1]) for i in range(len(x))]))
+    return got
 
 
 @pytest.mark.parametrize("isa", ISAS)
@@ -330,15 +335,9 @@ def test_late_layers_on_larger_groups_are_bitwise_one_image_runs(isa, batch, thr
            bconv_op(64, 128, 2, mf.RES_DOWNSAMPLE), bconv_op(128, 256, 2, mf.RES_DOWNSAMPLE),
            bconv_op(256, 256, residual=mf.RES_IDENTITY), head_op(256, 7)]
     x = RNG.normal(0, 1, (batch, 3, 16, 16)).astype(np.float32)
-    engine = Engine.from_bytes(mf.to_bytes(ops), threads=threads, isa=isa)
-    got = engine.run(x)
-    one_by_one = np.concatenate([engine.run(x[i:i + 1]) for i in range(batch)])
-    np.testing.assert_array_equal(got, one_by_one)
+    got = batch_matches_one_image_runs(ops, x, threads, isa)
     np.testing.assert_allclose(got, reference.run_ops(ops, x), rtol=1e-4, atol=1e-3)
-    # and without a head: the last map, from every image's slot
-    no_head = Engine.from_bytes(mf.to_bytes(ops[:-1]), threads=threads, isa=isa)
-    maps = no_head.run(x)
-    np.testing.assert_array_equal(maps, np.concatenate([no_head.run(x[i:i + 1]) for i in range(batch)]))
+    batch_matches_one_image_runs(ops[:-1], x, threads, isa)  # no head: the last map, from every slot
 
 
 def test_uint8_input_is_normalized_like_the_reference():
