@@ -74,21 +74,19 @@ static void configure() {
     _tile_loadconfig(&c);
 }
 
-// The int8 phase images of one call (see the top of the file): per phase, one region of `pixels`
-// pixels per strip of `lanes` images side by side (Source), [phase][strip][pixels][64 * P].
+// The int8 phase pixels of one group of pixel tiles (see the top of the file and bconv_images):
+// per phase, `pixels` pixels: for each strip (of `lanes` images side by side, Source) the group
+// touches, its tiles' pixels and the rows below them that their taps reach, [phase][pixels][64 * P].
 struct Phases {
     const int8_t* data;
     int wq;               // width of a phase row: lanes x the phase width of one image
-    int strips;           // strips in the call
-    size_t pixels;        // pixels per phase image of one strip, slack included
+    size_t pixels;        // pixels per phase
     size_t pixel_bytes;   // 64 * P
-    // Where the A tile of tap (ky, kx), word p, starts for q = 0 of the call's first image.
+    // Where the A tile of tap (ky, kx), word p, starts for the group's first pixel.
     const int8_t* tap(int ky, int kx, int p, int s) const {
         const size_t phase = size_t(ky % s) * s + kx % s;
-        return data + (phase * strips * pixels + size_t(ky / s) * wq + kx / s) * pixel_bytes + 64 * p;
+        return data + (phase * pixels + size_t(ky / s) * wq + kx / s) * pixel_bytes + 64 * p;
     }
-    // Byte offset of pixel tile mt (16 pixels from q = 16 mt) of strip g, from tap()'s address.
-    size_t tile(int g, int mt) const { return (size_t(g) * pixels + size_t(mt) * 16) * pixel_bytes; }
 };
 
 // The packed input of one call: padded images, their geometry, the first output row, the width
@@ -125,49 +123,47 @@ __attribute__((noinline)) static void expand_pixels(const uint64_t* src, size_t 
         for (int p = 0; p < w; ++p, out += 64) _mm512_storeu_si512(out, _mm512_maskz_mov_epi8(src[p], one));
 }
 
-// Expand the padded input rows that output rows from a.oy on read (mtiles pixel tiles of them,
-// per image) into int8 phase images of b = (a + 1) / 2: 1 for a set bit, 0 for a clear one and
-// for the padding. Pixels past the padded image (the slack that the last tiles' dropped rows
-// read) are 0 too. With k < stride the phases (py, px) with py or px >= k are
-// never read and stay unfilled.
-static Phases expand(const Source& a, int mtiles) {
-    const int s = a.stride, P = a.words, wq = a.wq * a.lanes, reach = (a.k - 1) / s;
-    const int strips = (a.images + a.lanes - 1) / a.lanes;
+// Expand pixels [q0, q0 + n) of every phase of strip st (q numbered over the strip's phase rows
+// from output row a.oy, rows wq = a.wq * a.lanes wide) into int8 b = (a + 1) / 2 at dst, phase f's
+// at dst + f * phase_bytes: 1 for a set bit, 0 for a clear one and for the padding. Pixels past
+// the padded image (the slack that the last tiles' dropped rows read) are 0 too. With k < stride
+// the phases (py, px) with py or px >= k are never read and stay unfilled.
+static void expand_range(const Source& a, int st, size_t q0, size_t n, int8_t* dst, size_t phase_bytes) {
+    const int s = a.stride, P = a.words, wq = a.wq * a.lanes;
     const size_t pb = size_t(64) * P;
-    const size_t pixels = size_t(mtiles) * 16 + size_t(reach) * (wq + 1);
-    thread_local aligned_vector<int8_t> buf;  // tile rows must not straddle cache lines
-    buf.resize(size_t(s) * s * strips * pixels * pb);
     const int used = std::min(s, a.k);
     for (int py = 0; py < used; ++py)
-        for (int px = 0; px < used; ++px)
-            for (int st = 0; st < strips; ++st) {
-                int8_t* dst = buf.data() + ((size_t(py) * s + px) * strips + st) * pixels * pb;
-                for (size_t q = 0; q < pixels;) {  // a phase row: padded row s * (a.oy + q / wq) + py
-                    const int r = s * (a.oy + int(q / wq)) + py, n = int(std::min<size_t>(wq, pixels - q));
-                    for (int lane = 0, j0 = 0; j0 < n; ++lane, j0 += a.wq) {  // each image's part of the row
-                        const int g = st * a.lanes + lane, j1 = std::min(n, j0 + a.wq);
-                        if (r >= a.hp || g >= a.images) {  // slack, or no image in this lane
-                            std::memset(dst + size_t(j0) * pb, 0, size_t(j1 - j0) * pb);
-                            continue;
-                        }
-                        // columns j0.. read padded columns c = s * (j - j0) + px; those past the
-                        // padded row (c >= wp) are 0
-                        const int in_row = std::min(j1, j0 + (a.wp - px + s - 1) / s);
-                        const uint64_t* src = a.act + g * a.image_words + (size_t(r) * a.wp + px) * P;
-                        int8_t* out = dst + size_t(j0) * pb;
-                        const size_t step = size_t(s) * P;
-                        switch (P) {
-                            case 1: expand_pixels<1>(src, step, in_row - j0, P, out); break;
-                            case 2: expand_pixels<2>(src, step, in_row - j0, P, out); break;
-                            case 4: expand_pixels<4>(src, step, in_row - j0, P, out); break;
-                            default: expand_pixels<0>(src, step, in_row - j0, P, out); break;
-                        }
-                        std::memset(dst + size_t(in_row) * pb, 0, size_t(j1 - in_row) * pb);
+        for (int px = 0; px < used; ++px) {
+            int8_t* phase = dst + (size_t(py) * s + px) * phase_bytes;
+            for (size_t q = q0; q < q0 + n;) {  // part of a phase row: padded row s * (a.oy + q / wq) + py
+                const int rr = int(q / wq), jb = int(q - size_t(rr) * wq);
+                const int je = int(std::min<size_t>(wq, jb + (q0 + n - q)));
+                const int r = s * (a.oy + rr) + py;
+                int8_t* row_out = phase + (q - q0) * pb;  // column jb
+                for (int lane = 0, j0 = 0; j0 < je; ++lane, j0 += a.wq) {  // each image's part of the row
+                    const int g = st * a.lanes + lane, lo = std::max(jb, j0), hi = std::min(je, j0 + a.wq);
+                    if (lo >= hi) continue;
+                    if (r >= a.hp || g >= a.images) {  // slack, or no image in this lane
+                        std::memset(row_out + size_t(lo - jb) * pb, 0, size_t(hi - lo) * pb);
+                        continue;
                     }
-                    q += n, dst += n * pb;
+                    // columns j read padded columns c = s * (j - j0) + px; those past the padded
+                    // row (c >= wp) are 0
+                    const int in_row = std::max(lo, std::min(hi, j0 + (a.wp - px + s - 1) / s));
+                    const uint64_t* src = a.act + g * a.image_words + (size_t(r) * a.wp + px + size_t(s) * (lo - j0)) * P;
+                    int8_t* out = row_out + size_t(lo - jb) * pb;
+                    const size_t step = size_t(s) * P;
+                    switch (P) {
+                        case 1: expand_pixels<1>(src, step, in_row - lo, P, out); break;
+                        case 2: expand_pixels<2>(src, step, in_row - lo, P, out); break;
+                        case 4: expand_pixels<4>(src, step, in_row - lo, P, out); break;
+                        default: expand_pixels<0>(src, step, in_row - lo, P, out); break;
+                    }
+                    std::memset(row_out + size_t(in_row - jb) * pb, 0, size_t(hi - in_row) * pb);
                 }
+                q += je - jb;
             }
-    return Phases{buf.data(), wq, strips, pixels, pb};
+        }
 }
 
 
@@ -505,10 +501,12 @@ static bool pool_over_input(const Layer& L, int) {
 }
 
 // Output rows [oy0, oy_end) of `images` consecutive images from img0 of a binary conv layer
-// (several images only for whole maps). The call's pixel tiles (per image, 16 pixels from
-// q = 16 mt) go in groups of up to `span` tiles: per pair of 16-output blocks, the group's
-// tiles two by two (the weights, once in cache, serve every tile of the group), then each
-// pixel's whole epilogue while its D is in cache.
+// (several images only for whole maps). The call's pixel tiles (per strip, 16 pixels from
+// q = 16 mt) go in groups of up to `span` tiles: the group's phase pixels expanded (into a buffer
+// that stays in cache; expanding the whole call's, ~300 KB, at once made op 2 7% and op 5 4%
+// slower), then per pair of 16-output blocks the group's tiles two by two (the weights, once
+// in cache, serve every tile of the group), then each pixel's whole epilogue while its D is in
+// cache.
 static void bconv_images(const Layer& L, const LayerIO& io, int img0, int images, int oy0, int oy_end,
                          Scratch& sc) {
     const Op& op = *L.op;
@@ -522,12 +520,11 @@ static void bconv_images(const Layer& L, const LayerIO& io, int img0, int images
     const int total = strips * mtiles, span = group_span(16 * blocks16, total);
     thread_local aligned_vector<int32_t> dbuf;
     dbuf.resize(size_t(span) * 16 * blocks16 * 16);
-    Plan pl{expand(a, mtiles), {}, pr.amx_weight.data(), 0, size_t(op.k) * op.k * P * 1024,
-            dbuf.data(), 16 * blocks16};
-    pl.a_stride = static_cast<long>(pl.ph.pixel_bytes);
-    for (int ky = 0; ky < op.k; ++ky)
-        for (int kx = 0; kx < op.k; ++kx)
-            for (int p = 0; p < P; ++p) pl.step_a.push_back(pl.ph.tap(ky, kx, p, s));
+    const size_t pb = size_t(64) * P, halo = size_t((op.k - 1) / s) * (strip_w + 1);
+    Plan pl{Phases{}, std::vector<const int8_t*>(size_t(op.k) * op.k * P), pr.amx_weight.data(),
+            static_cast<long>(pb), size_t(op.k) * op.k * P * 1024, dbuf.data(), 16 * blocks16};
+    thread_local aligned_vector<int8_t> phase_buf;  // the group's Phases
+    std::vector<size_t> seg;  // where each strip's pixels start in a phase
     const int C = op.cout, PO = (C + 63) / 64;
     std::vector<uint64_t*> packed(size_t(images) * rows, nullptr);  // each output row's packed pixels
     if (L.next_bconv)
@@ -545,8 +542,28 @@ static void bconv_images(const Layer& L, const LayerIO& io, int img0, int images
     std::vector<size_t> at(span);  // the group's tile offsets (Phases::tile)
     configure();
     for (int t0 = 0; t0 < total; t0 += span) {
-        const int T = std::min(span, total - t0);
-        for (int i = 0; i < T; ++i) at[i] = pl.ph.tile((t0 + i) / mtiles, (t0 + i) % mtiles);
+        const int T = std::min(span, total - t0), st0 = t0 / mtiles, st1 = (t0 + T - 1) / mtiles;
+        size_t n = 0;  // pixels per phase
+        seg.clear();
+        for (int st = st0; st <= st1; ++st) {
+            const int m0 = st == st0 ? t0 % mtiles : 0, m1 = st == st1 ? (t0 + T - 1) % mtiles + 1 : mtiles;
+            seg.push_back(n);
+            n += size_t(m1 - m0) * 16 + halo;
+        }
+        phase_buf.resize(size_t(s) * s * n * pb);
+        for (int st = st0; st <= st1; ++st) {
+            const int m0 = st == st0 ? t0 % mtiles : 0, m1 = st == st1 ? (t0 + T - 1) % mtiles + 1 : mtiles;
+            expand_range(a, st, size_t(m0) * 16, size_t(m1 - m0) * 16 + halo,
+                         phase_buf.data() + seg[st - st0] * pb, n * pb);
+        }
+        pl.ph = Phases{phase_buf.data(), strip_w, n, pb};
+        for (int ky = 0, t = 0; ky < op.k; ++ky)
+            for (int kx = 0; kx < op.k; ++kx)
+                for (int p = 0; p < P; ++p) pl.step_a[t++] = pl.ph.tap(ky, kx, p, s);
+        for (int i = 0; i < T; ++i) {
+            const int st = (t0 + i) / mtiles, m0 = st == st0 ? t0 % mtiles : 0;
+            at[i] = (seg[st - st0] + size_t((t0 + i) % mtiles - m0) * 16) * pb;
+        }
         // Pairs of output blocks in 2x2 blocks (measured 5-7% faster on the whole network than
         // group<4> alone, docs/engine.md); an odd last block by group<T>.
         int ob = 0;
