@@ -49,7 +49,7 @@ struct Kernels {
     // layer_rows per image): a binary conv's weights, once in cache, serve every image's pixels.
     void (*layer_images)(const Layer&, const LayerIO&, int img0, int count, Scratch&) = nullptr;
     // Whether layer_images, on `count` images, may write this downsampling layer's float output
-    // over its input (LayerIO::pool_over_input; null: never): its pixel order reads every input
+    // over its input (LayerIO::act_out == act_in; null: never): its pixel order reads every input
     // window of an image before an output overwrites it. Saves the output's write misses (a map that is
     // otherwise cold) and leaves the next layer's input where the last one was read.
     bool (*pool_over_input)(const Layer&, int count) = nullptr;

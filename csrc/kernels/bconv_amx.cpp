@@ -8,11 +8,11 @@
 // Activations stay bit-packed between layers, as for the other kernels. The executor hands this
 // kernel whole feature maps (Kernels::whole_maps), at batch sizes of a few images per thread
 // several images' maps per call (Kernels::layer_images), so a weight tile, once loaded, serves a
-// group of up to 32 pixel tiles of 16 output pixels, which may span rows and images. The input
-// rows are expanded to int8 (one vpblendmb per 64 channels) into stride x stride phase images,
-// phase (py, px) holding padded pixels
-// (stride*i + py, stride*j + px). Numbered q = row * Wq + column over a phase image's width Wq,
-// the output pixels of a tap then sit at evenly spaced addresses: an A tile is 16 consecutive q
+// group of up to 32 pixel tiles of 16 output pixels, which may span rows and images. The group's
+// input pixels are expanded to int8 (one masked move per 64 channels) into stride x stride phase
+// images, phase (py, px) holding padded pixels (stride*i + py, stride*j + px). Numbered
+// q = row * Wq + column over a phase image's width Wq, the output pixels of a tap then sit at
+// evenly spaced addresses: an A tile is 16 consecutive q
 // (wrapping across rows; the Wq - out_w columns past the map's edge are computed and dropped) and
 // 64 input channels, one strided load, no im2col. With stride 1 the right padding is left out of
 // a phase row (phase_width: a tap past the row's end reads the next row's left padding), and
@@ -20,12 +20,13 @@
 // int8 +-1 in the VNNI layout TDPBSSD wants, with 0 for channels past cin, so those bits add
 // nothing. An activation a = +-1 goes in as b = (a + 1) / 2, a byte 1 or 0 (border taps 0): the
 // matrix unit's speed depends on the data, and with 0 for -1 instead of 0xFF every layer ran
-// 9-12% faster (docs/engine.md). The tiles' sum D' = sum(b * w) gives the +-1 dot product over
+// 7-13% faster (docs/engine.md). The tiles' sum D' = sum(b * w) gives the +-1 dot product over
 // all taps, border taps included as -1 inputs (exactly as the XOR kernels see them), as
-// D = 2 D' - sum(w) (tile_dot, with Prepared::amx_wsum), which goes straight into the epilogue: the
-// same integer as the XOR kernels' popcount formula, D = k*k*cin - 2*popcount; identity and downsampling layers store
-// y and pack the next layer's bits in one register pass (dot_add_pack, dot_pool_pack), a row's
-// interior pixels in one run (interior_run), others through dot_pixel and the shared row code.
+// D = 2 D' - sum(w) (tile_dot, with Prepared::amx_wsum): the same integer as the XOR kernels'
+// popcount formula, D = k*k*cin - 2*popcount. It goes straight into the epilogue: identity and
+// downsampling layers store y and pack the next layer's bits in one register pass (dot_add_pack,
+// dot_pool_pack), a row's interior pixels in one run (interior_run), others through dot_pixel
+// and the shared row code.
 // Measurements and what is left: docs/engine.md.
 #include <immintrin.h>
 
@@ -150,7 +151,8 @@ static void expand_range(const Source& a, int st, size_t q0, size_t n, int8_t* d
                     // columns j read padded columns c = s * (j - j0) + px; those past the padded
                     // row (c >= wp) are 0
                     const int in_row = std::max(lo, std::min(hi, j0 + (a.wp - px + s - 1) / s));
-                    const uint64_t* src = a.act + g * a.image_words + (size_t(r) * a.wp + px + size_t(s) * (lo - j0)) * P;
+                    const uint64_t* src =
+                        a.act + g * a.image_words + (size_t(r) * a.wp + px + size_t(s) * (lo - j0)) * P;
                     int8_t* out = row_out + size_t(lo - jb) * pb;
                     const size_t step = size_t(s) * P;
                     switch (P) {
@@ -325,18 +327,21 @@ struct Epilogue {
           s2(L.next_bconv ? L.next_bconv->tensors[0].f32() : nullptr),
           b2(L.next_bconv ? L.next_bconv->tensors[1].f32() : nullptr), inv(L.invalid_popcount.data()),
           valid_taps(L.valid_taps.data()), wsum(L.prep->amx_wsum.data()), cout(L.op->cout), cin(L.op->cin),
-          taps(L.op->k * L.op->k),
-          stride(L.op->stride), in_row(L.in_w * L.op->cin), per_tap(1.f / float(stride * stride)) {}
+          taps(L.op->k * L.op->k), stride(L.op->stride), in_row(L.in_w * L.op->cin),
+          per_tap(1.f / float(stride * stride)) {}
 };
 
 // The +-1 dot product over all taps (border taps as -1 inputs) of an output from the tiles' sum
 // over 0/1 activations (see the top of the file): D = 2 D' - sum(w).
 static inline int32_t tile_dot(int32_t d, int32_t wsum) { return 2 * d - wsum; }
-static inline __m512i tile_dot(__m512i d, __m512i wsum) { return _mm512_sub_epi32(_mm512_slli_epi32(d, 1), wsum); }
+static inline __m512i tile_dot(__m512i d, __m512i wsum) {
+    return _mm512_sub_epi32(_mm512_slli_epi32(d, 1), wsum);
+}
 
 // Binary conv epilogue of one pixel from the tiles' sums d (D = tile_dot(d), the +-1 dot product
-// over all taps, border taps counted as -1 inputs): the dot product over valid taps is D - (full - base) + 2*inv (inv: the
-// weights' popcount on the border taps), then y = dot * scale + bias; the same integers, hence
+// over all taps, border taps counted as -1 inputs): the dot product over valid taps is
+// D - (full - base) + 2*inv (inv: the weights' popcount on the border taps), then
+// y = dot * scale + bias; the same integers, hence
 // the same floats, as the XOR kernels' popcount epilogue (cls: the pixel's border class). With
 // `add_x` y holds the identity shortcut on entry and gets (dot * scale + bias) + shortcut.
 static inline void dot_pixel(const Epilogue& E, const int32_t* __restrict d, size_t cls,
@@ -349,7 +354,8 @@ static inline void dot_pixel(const Epilogue& E, const int32_t* __restrict d, siz
     if (E.valid_taps[cls] == E.taps) {  // interior pixel: no border correction (inv = off = 0)
         if (add_x) {
 #pragma omp simd
-            for (int o = 0; o < E.cout; ++o) y[o] = (float(tile_dot(d[o], wsum[o])) * scale[o] + bias[o]) + y[o];
+            for (int o = 0; o < E.cout; ++o)
+                y[o] = (float(tile_dot(d[o], wsum[o])) * scale[o] + bias[o]) + y[o];
         } else {
 #pragma omp simd
             for (int o = 0; o < E.cout; ++o) y[o] = float(tile_dot(d[o], wsum[o])) * scale[o] + bias[o];
@@ -358,10 +364,12 @@ static inline void dot_pixel(const Epilogue& E, const int32_t* __restrict d, siz
     }
     if (add_x) {
 #pragma omp simd
-        for (int o = 0; o < E.cout; ++o) y[o] = (float(tile_dot(d[o], wsum[o]) + 2 * inv[o] + off) * scale[o] + bias[o]) + y[o];
+        for (int o = 0; o < E.cout; ++o)
+            y[o] = (float(tile_dot(d[o], wsum[o]) + 2 * inv[o] + off) * scale[o] + bias[o]) + y[o];
     } else {
 #pragma omp simd
-        for (int o = 0; o < E.cout; ++o) y[o] = float(tile_dot(d[o], wsum[o]) + 2 * inv[o] + off) * scale[o] + bias[o];
+        for (int o = 0; o < E.cout; ++o)
+            y[o] = float(tile_dot(d[o], wsum[o]) + 2 * inv[o] + off) * scale[o] + bias[o];
     }
 }
 
@@ -403,7 +411,7 @@ constexpr int kMaxPoolChannels = 512;  // dot_pool_pack's pooled windows, in reg
 // from 0). Border pixels add the border correction to D (dot = D + 2*inv + off, as dot_pixel);
 // interior ones need none. Every input of the window is read before y is stored, so y may lie
 // over the window (pool_over_input): x0 and y are not restrict. NV (cin / 16), S (stride) and Q
-// (cout / 64), when known at compile time (PoolShape; 0: from E), keep the pooled windows in
+// (cout / 64), when known at compile time (with_pool_shape; 0: from E), keep the pooled windows in
 // registers and every channel index a constant (with them from E, a division per 16 outputs).
 template <bool kBorder, int NV = 0, int S = 0, int Q = 0>
 static inline void dot_pool_pack(const Epilogue& E, size_t cls, const float* x0,
@@ -531,7 +539,8 @@ static void bconv_images(const Layer& L, const LayerIO& io, int img0, int images
         for (int g = 0; g < images; ++g)
             for (int y = 0; y < rows; ++y)
                 packed[size_t(g) * rows + y] =
-                    packed_row(C, L.out_h, L.out_w, *L.next_bconv, io.bits_out + (img0 + g) * L.bits_image, oy0 + y);
+                    packed_row(C, L.out_h, L.out_w, *L.next_bconv, io.bits_out + (img0 + g) * L.bits_image,
+                               oy0 + y);
     const bool pool_fuse = !io.over_input && pool_fused(op);  // see dot_pool_pack
     // In-place identity layers (the shortcut already in y), no ReLU: see dot_add_pack.
     const bool add_fuse = io.over_input && !op.relu && C % 64 == 0;

@@ -194,8 +194,8 @@ void head(const Layer& L, const float* in, int n, float* out) {
 }  // namespace
 
 struct Engine::Buffers {
-    aligned_vector<float> act[2];      // float activations, NHWC (ping-pong)
-    aligned_vector<uint64_t> bits[2];  // packed activations, [N][H+2p][W+2p][P] (ping-pong)
+    aligned_vector<float> act[2];      // float activations, per image slot NHWC (ping-pong)
+    aligned_vector<uint64_t> bits[2];  // packed activations, per image slot [H+2p][W+2p][P] (ping-pong)
 };
 
 // Per input shape: the planned layers and every buffer a run needs, allocated once.
@@ -432,7 +432,7 @@ void Engine::run_graph(Workspace& ws, Buffers& buf, int n, int first_img, float*
                                : over_input || pool_over ? buf.act[fa].data()
                                                          : buf.act[1 - fa].data();
         const LayerIO io{in, buf.bits[ba].data(), act_out, L.next_bconv ? buf.bits[1 - ba].data() : nullptr,
-                         over_input, pool_over};
+                         over_input};
         if (!parallel && K.layer_images) {  // an image-major group: its n images in one call
             Scratch s = scratch(me);
             K.layer_images(L, io, img0, n, s);
@@ -483,7 +483,8 @@ void Engine::execute(Workspace& ws, const std::function<void(float*, int)>& fill
                 int part[2] = {0, 0};  // every part ends in the same buffers
                 for (int i0 = 0; i0 < count; i0 += ws.call) {
                     part[0] = part[1] = 0;
-                    run_graph(ws, buf, std::min(ws.call, count - i0), first, out, false, mine, 0, ws.split, i0, part);
+                    run_graph(ws, buf, std::min(ws.call, count - i0), first, out, false, mine, 0, ws.split, i0,
+                              part);
                 }
                 state[0] = part[0], state[1] = part[1];
                 run_graph(ws, buf, count, first, out, false, mine, ws.split, ws.layers.size(), 0, state);

@@ -62,9 +62,9 @@ struct LayerIO {
     uint64_t* bits_out;       // packed output for L.next_bconv, or null
     // act_out == act_in, for a binary conv with an identity shortcut: y is written over x, and the
     // epilogue adds x where it stores y instead of adding the shortcut afterwards.
+    // (A downsampling layer's act_out may be act_in too, where its kernel says it can:
+    // Kernels::pool_over_input.)
     bool over_input = false;
-    // act_out == act_in, for a downsampling layer whose kernel says it can (Kernels::pool_over_input).
-    bool pool_over_input = false;
 };
 
 struct Scratch {
