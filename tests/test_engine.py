@@ -261,6 +261,26 @@ def test_downsampling_over_its_input_is_bitwise(isa, batch, threads, h, w, cout)
     np.testing.assert_array_equal(got, want)
 
 
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("batch,threads", [(5, 1), (3, 2), (1, 2)])
+@pytest.mark.parametrize("cin,cout,stride,k,h,w", [
+    (32, 64, 2, 3, 12, 12), (96, 192, 2, 3, 8, 8), (64, 192, 3, 3, 12, 9), (64, 128, 2, 1, 8, 8),
+    (64, 128, 2, 5, 10, 10), (64, 128, 2, 7, 14, 14)])
+def test_downsampling_over_its_input_other_shapes_is_bitwise(isa, batch, threads, cin, cout, stride, k, h, w):
+    """Output over input beyond the trunk's shapes: the runtime-width pooled windows (cin 32, 96),
+    stride 3 with cout = 3 * cin, kernels of 1, 5 and 7 (pad k // 2); then a binary conv (so the
+    fused epilogue runs). Bit for bit PyTorch's float32 in every run mode."""
+    rng = np.random.default_rng([cin, cout, stride, k, h, w, batch])
+    ops = [bconv_op(cin, cin, residual=mf.RES_IDENTITY, rng=rng),
+           bconv_op(cin, cout, stride, mf.RES_DOWNSAMPLE, k=k, pad=k // 2, rng=rng), bconv_op(cout, 64, rng=rng)]
+    x = rng.normal(0, 1, (batch, cin, h, w)).astype(np.float32)
+    want = x
+    for op in ops:
+        want = float32_bconv(op, want)
+    got = Engine.from_bytes(mf.to_bytes(ops), threads=threads, isa=isa).run(x)
+    np.testing.assert_array_equal(got, want)
+
+
 @functools.lru_cache(maxsize=None)
 def _downsampling_chain(h, w, cout, batch):
     rng = np.random.default_rng([h, w, cout, batch])
@@ -322,14 +342,15 @@ def batch_matches_one_image_runs(ops, x, threads, isa):
 
 
 @pytest.mark.parametrize("isa", ISAS)
-@pytest.mark.parametrize("batch,threads", [(16, 1), (13, 1), (20, 2), (9, 1)])
+@pytest.mark.parametrize("batch,threads", [(16, 1), (13, 1), (9, 1), (32, 2), (24, 2), (7, 1)])
 @pytest.mark.parametrize("first", ["float", "binary"])
 def test_late_layers_on_larger_groups_are_bitwise_one_image_runs(isa, batch, threads, first):
     """Image-major batches large enough run the late layers (input at most a quarter of the
     largest map) on groups of twice as many images, the layers before them on the group's parts
-    one after another: whole groups (16 = 8 + 8), ragged ones (13 = 8 + 5: parts 4 + 1; 20 on 2
-    threads: 8 + 8 + 4) and too few images for it (9); a float first conv, or a binary one (the
-    engine packs each part's input). Logits bit for bit those of one-image runs."""
+    one after another: whole groups (16 = 8 + 8; 32 on 2 threads, two groups of 8 each), ragged
+    ones (13 = 8 + 5: parts 4 + 4 and 4 + 1; 9 = 8 + 1), none where the doubled groups would load
+    the threads unevenly (24 on 2) or the batch is too small (7); a float first conv, or a binary
+    one (the engine packs each part's input). Logits bit for bit those of one-image runs."""
     stem = conv_fp_op(3, 64) if first == "float" else bconv_op(3, 64)
     ops = [stem, bconv_op(64, 64, residual=mf.RES_IDENTITY),
            bconv_op(64, 128, 2, mf.RES_DOWNSAMPLE), bconv_op(128, 256, 2, mf.RES_DOWNSAMPLE),

@@ -151,15 +151,17 @@ static void expand_range(const Source& a, int st, size_t q0, size_t n, int8_t* d
                     // columns j read padded columns c = s * (j - j0) + px; those past the padded
                     // row (c >= wp) are 0
                     const int in_row = std::max(lo, std::min(hi, j0 + (a.wp - px + s - 1) / s));
-                    const uint64_t* src =
-                        a.act + g * a.image_words + (size_t(r) * a.wp + px + size_t(s) * (lo - j0)) * P;
-                    int8_t* out = row_out + size_t(lo - jb) * pb;
-                    const size_t step = size_t(s) * P;
-                    switch (P) {
-                        case 1: expand_pixels<1>(src, step, in_row - lo, P, out); break;
-                        case 2: expand_pixels<2>(src, step, in_row - lo, P, out); break;
-                        case 4: expand_pixels<4>(src, step, in_row - lo, P, out); break;
-                        default: expand_pixels<0>(src, step, in_row - lo, P, out); break;
+                    if (in_row > lo) {  // (src formed only then: it may lie past the map otherwise)
+                        const uint64_t* src =
+                            a.act + g * a.image_words + (size_t(r) * a.wp + px + size_t(s) * (lo - j0)) * P;
+                        int8_t* out = row_out + size_t(lo - jb) * pb;
+                        const size_t step = size_t(s) * P;
+                        switch (P) {
+                            case 1: expand_pixels<1>(src, step, in_row - lo, P, out); break;
+                            case 2: expand_pixels<2>(src, step, in_row - lo, P, out); break;
+                            case 4: expand_pixels<4>(src, step, in_row - lo, P, out); break;
+                            default: expand_pixels<0>(src, step, in_row - lo, P, out); break;
+                        }
                     }
                     std::memset(row_out + size_t(in_row - jb) * pb, 0, size_t(hi - in_row) * pb);
                 }

@@ -44,21 +44,25 @@ constexpr int kImagesPerCall = 4;
 // with it.
 constexpr size_t kGroupImageFloats = size_t(1) << 18;
 
-// Images per group: the largest, up to kImagesPerCall, with which no thread gets more images
-// than with single images (groups dealt out in turn; 16 images on 3 threads: groups of 3, at
-// most 6 images per thread; 5 on 4: groups of 2).
-int group_size(int n, int threads) {
+// Whether groups of g images (dealt out in turn) give no thread more images than single images
+// would.
+bool balanced(int n, int g, int threads) {
     const int even = (n + threads - 1) / threads;  // the most images per thread, one at a time
-    for (int g = std::min(kImagesPerCall, n); g > 1; --g) {
-        const int groups = (n + g - 1) / g, ragged = n % g;
-        int most = 0;
-        for (int t = 0; t < std::min(threads, groups); ++t) {
-            int images = ((groups - 1 - t) / threads + 1) * g;
-            if (ragged && (groups - 1) % threads == t) images -= g - ragged;
-            most = std::max(most, images);
-        }
-        if (most <= even) return g;
+    const int groups = (n + g - 1) / g, ragged = n % g;
+    int most = 0;
+    for (int t = 0; t < std::min(threads, groups); ++t) {
+        int images = ((groups - 1 - t) / threads + 1) * g;
+        if (ragged && (groups - 1) % threads == t) images -= g - ragged;
+        most = std::max(most, images);
     }
+    return most <= even;
+}
+
+// Images per group: the largest, up to kImagesPerCall, that is balanced (16 images on 3
+// threads: groups of 3, at most 6 images per thread; 5 on 4: groups of 2).
+int group_size(int n, int threads) {
+    for (int g = std::min(kImagesPerCall, n); g > 1; --g)
+        if (balanced(n, g, threads)) return g;
     return 1;
 }
 
@@ -336,11 +340,12 @@ Engine::Workspace* Engine::acquire(int n, int h, int w) {
                     ? group_size(n, threads) : 1;
     // The late layers (input maps at most a quarter of the largest: little data per image, the
     // largest weights) take twice as many images per call, so that each pass over their weights
-    // serves 8 images; the layers before them still take `call` images at a time, one part of
-    // the group after the other, each image in its own slot (ops 9-10 ~5% faster).
+    // serves twice the images; the layers before them still take `call` images at a time, one
+    // part of the group after the other, each image in its own slot (ops 9-10 ~5% faster). Only
+    // where the doubled groups stay balanced over the threads.
     ws->call = ws->group;
     ws->split = ws->layers.size();
-    if (ws->group > 1 && n >= 2 * ws->group * threads) {
+    if (ws->group > 1 && n >= 2 * ws->group * threads && balanced(n, 2 * ws->group, threads)) {
         for (size_t j = 1; j < ws->layers.size(); ++j) {
             const Layer& L = ws->layers[j];
             if (L.op->kind == OpKind::BConv && size_t(4) * L.in_h * L.in_w * L.op->cin <= max_act / n) {
