@@ -361,6 +361,33 @@ def test_late_layers_on_larger_groups_are_bitwise_one_image_runs(isa, batch, thr
     batch_matches_one_image_runs(ops[:-1], x, threads, isa)  # no head: the last map, from every slot
 
 
+@pytest.mark.parametrize("isa", ISAS)
+def test_plan_reports_groups_and_outputs_over_input(isa):
+    """Engine.plan says how a batch runs; here it checks that the speed features are on where
+    they should be (results cannot show it): the tile kernels write the downsampling layers
+    (cout = 2 cin) over their inputs and run the late layers on groups of 8 (16 images, 1
+    thread); the other kernels take one image per call and write only identity layers in place;
+    batch 1 on 2 threads shares each layer's rows (0 images per call)."""
+    ops = [conv_fp_op(3, 64), bconv_op(64, 64, residual=mf.RES_IDENTITY),
+           bconv_op(64, 128, 2, mf.RES_DOWNSAMPLE), bconv_op(128, 256, 2, mf.RES_DOWNSAMPLE),
+           bconv_op(256, 256, residual=mf.RES_IDENTITY), head_op(256, 7)]
+    data = mf.to_bytes(ops)
+    plan = Engine.from_bytes(data, threads=1, isa=isa).plan(16, 16, 16)
+    calls = [s["images_per_call"] for s in plan]
+    over = [s["over_input"] for s in plan]
+    if isa.startswith("amx"):
+        assert calls == [4, 4, 4, 4, 8, 8] and over == [False, True, True, True, True, False]
+    else:
+        assert calls == [1] * 6 and over == [False, True, False, False, True, False]
+    rows = Engine.from_bytes(data, threads=2, isa=isa).plan(1, 16, 16)
+    assert [s["images_per_call"] for s in rows] == [0] * 6
+    assert [s["over_input"] for s in rows] == [False, True, False, False, True, False]
+    with pytest.raises(ValueError, match="batch"):
+        Engine.from_bytes(data, threads=1, isa=isa).plan(0)
+    with pytest.raises(ValueError, match="does not divide evenly"):
+        Engine.from_bytes(data, threads=1, isa=isa).plan(1, 6, 6)
+
+
 def test_uint8_input_is_normalized_like_the_reference():
     mean, std = np.array([0.4, 0.5, 0.6], np.float32), np.array([0.2, 0.25, 0.3], np.float32)
     ops = [mf.Op(mf.INPUT, [8, 8, 3], [mean, std]), conv_fp_op(3, 64), bconv_op(64, 64), head_op(64, 10)]

@@ -107,6 +107,16 @@ NB_MODULE(_engine, m) {
         .def_prop_ro("input_channels", &Engine::input_channels)
         .def_prop_ro("has_input_normalization", &Engine::has_input_normalization)
         .def("output_shape", &Engine::output_shape)
+        .def("plan", [](Engine& e, int n, int h, int w) {
+            nb::list steps;
+            for (const Engine::Step& s : e.plan(n, h, w)) {
+                nb::dict d;
+                d["images_per_call"] = s.images_per_call;
+                d["over_input"] = s.over_input;
+                steps.append(d);
+            }
+            return steps;
+        })
         .def("set_profiling", &Engine::set_profiling)
         .def("last_profile", &Engine::last_profile)
         .def("run_u8_nhwc", [](Engine& e, U8Images x, F32Out out) {

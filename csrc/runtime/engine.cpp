@@ -387,6 +387,31 @@ std::vector<double> Engine::last_profile() {
     return profile_;
 }
 
+namespace {
+using WorkspaceGuard = std::unique_ptr<Engine::Workspace, std::function<void(Engine::Workspace*)>>;
+}
+
+// A binary conv with an identity shortcut writes y over x: only its own pixel's x is read (the
+// conv reads the packed bits), and one float map less streams through the cache. A downsampling
+// layer does too where its kernel reads each window first (Kernels::pool_over_input).
+bool Engine::over_input(const Layer& L, int n, bool parallel) const {
+    if (!L.float_out || L.op->kind != OpKind::BConv) return false;
+    if (L.op->residual == Residual::Identity) return true;
+    const Kernels& K = *impl_->kernels;
+    return !parallel && K.layer_images && K.pool_over_input && K.pool_over_input(L, n);
+}
+
+std::vector<Engine::Step> Engine::plan(int n, int h, int w) {
+    output_shape(n, h, w);  // sizes checked
+    WorkspaceGuard ws(acquire(n, h, w), [this](Workspace* p) { release(p); });
+    std::vector<Step> steps;
+    for (size_t li = 0; li < ws->layers.size(); ++li) {
+        const int images = !ws->image_major ? 0 : li < ws->split ? ws->call : ws->group;
+        steps.push_back({images, over_input(ws->layers[li], images ? images : n, !ws->image_major)});
+    }
+    return steps;
+}
+
 void Engine::run_graph(Workspace& ws, Buffers& buf, int n, int first_img, float* out,
                        bool parallel, std::vector<double>* times, size_t l0, size_t l1, int img0,
                        int state[2]) {
@@ -426,16 +451,10 @@ void Engine::run_graph(Workspace& ws, Buffers& buf, int n, int first_img, float*
             lap(li);
             return;
         }
-        // A binary conv with an identity shortcut writes y over x: only its own pixel's x is
-        // read (the conv reads the packed bits), and one float map less streams through the cache.
         const bool over_input = L.float_out && L.op->kind == OpKind::BConv &&
                                 L.op->residual == Residual::Identity;
-        // A downsampling layer may write y over x too where its kernel reads each window first.
-        const bool pool_over = L.float_out && !parallel && K.layer_images && K.pool_over_input &&
-                               K.pool_over_input(L, n);
-        float* const act_out = !L.float_out                 ? nullptr
-                               : over_input || pool_over ? buf.act[fa].data()
-                                                         : buf.act[1 - fa].data();
+        const bool in_place = this->over_input(L, n, parallel);
+        float* const act_out = !L.float_out ? nullptr : in_place ? buf.act[fa].data() : buf.act[1 - fa].data();
         const LayerIO io{in, buf.bits[ba].data(), act_out, L.next_bconv ? buf.bits[1 - ba].data() : nullptr,
                          over_input};
         if (!parallel && K.layer_images) {  // an image-major group: its n images in one call
@@ -451,7 +470,7 @@ void Engine::run_graph(Workspace& ws, Buffers& buf, int n, int first_img, float*
                              part_start(part + 1, parts, L.out_h), s);
             }
         }
-        if (!over_input && !pool_over) fa = 1 - fa;
+        if (!in_place) fa = 1 - fa;
         if (L.next_bconv) ba = 1 - ba;
         lap(li);
     }
@@ -505,10 +524,6 @@ void Engine::execute(Workspace& ws, const std::function<void(float*, int)>& fill
         run_graph(ws, buf, ws.n, 0, out, true, t, 0, ws.layers.size(), 0, state);
     }
     if (t) record_profile(std::move(times));
-}
-
-namespace {
-using WorkspaceGuard = std::unique_ptr<Engine::Workspace, std::function<void(Engine::Workspace*)>>;
 }
 
 void Engine::run_u8_nhwc(const uint8_t* x, int n, int h, int w, int c, float* out) {

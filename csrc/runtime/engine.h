@@ -44,6 +44,14 @@ public:
     // Threads a run uses: threads_, or 1 in a process forked after some engine of its parent
     // ran on several threads (see forked_serial in engine.cpp).
     int threads() const;
+    // How a batch of n images of h x w runs, per compute op: images per layer call (image-major
+    // groups; 0: the whole batch in one call per layer, its rows shared by the threads), and
+    // whether the op writes its float output over its input. For tests and diagnostics.
+    struct Step {
+        int images_per_call;
+        bool over_input;
+    };
+    std::vector<Step> plan(int n, int h, int w);
 
     struct Workspace;  // per-shape plan and buffers
 private:
@@ -57,6 +65,8 @@ private:
     void run_graph(Workspace& ws, Buffers& buf, int n, int first_img, float* out, bool parallel,
                    std::vector<double>* times, size_t l0, size_t l1, int img0, int state[2]);
     void record_profile(std::vector<double> times);
+    // Whether layer L, on calls of n images, writes its float output over its input.
+    bool over_input(const Layer& L, int n, bool parallel) const;
 
     Model model_;
     const Implementation* impl_;

@@ -149,6 +149,15 @@ class Engine:
             raise ValueError(f"{e} (input shape {x.shape})") from None
         return out
 
+    def plan(self, batch: int, height: int = 32, width: int = 32) -> list[dict]:
+        """How a batch of `batch` images of height x width runs, one dict per compute op:
+        `images_per_call` (each thread takes groups of this many images through the layer in
+        one call; 0: the whole batch in one call, its rows shared by the threads) and
+        `over_input` (the op writes its float output over its input map)."""
+        if batch < 1:
+            raise ValueError(f"batch must be at least 1, got {batch}")
+        return list(self._native.plan(int(batch), int(height), int(width)))
+
     def predict(self, images) -> np.ndarray:
         """Top-1 class index per image, int64 (N,)."""
         return self.run(images).argmax(axis=1).astype(np.int64)
