@@ -15,8 +15,9 @@ STAMP   := $(VENV)/.xnornet-installed
 SOURCES := pyproject.toml CMakeLists.txt $(shell find csrc -type f 2>/dev/null)
 
 ASAN_BUILD := build/asan
+CYCLES_BUILD := build/cycles
 
-.PHONY: install test test-asan demo clean
+.PHONY: install test test-asan demo clean cycles
 
 $(PY):
 	python3 -m venv $(VENV)
@@ -46,6 +47,13 @@ test-asan: $(STAMP)
 	ASAN_OPTIONS=detect_leaks=0 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
 	XNORNET_NATIVE_LIB="$$(ls $(ASAN_BUILD)/_engine*.so)" \
 		$(PY) -m pytest -q -p no:cacheprovider tests/test_engine.py $(wildcard tests/test_engine_robustness.py)
+
+# A diagnostic, not a test: per-layer cycle counters in the tile kernel (benchmarks/cycles.py).
+cycles: $(STAMP)
+	$(VENV)/bin/cmake -S . -B $(CYCLES_BUILD) -G Ninja -DCMAKE_MAKE_PROGRAM=$(abspath $(VENV))/bin/ninja \
+		-DCMAKE_BUILD_TYPE=Release -DXNORNET_CYCLES=ON -DPython_EXECUTABLE=$(abspath $(PY)) > /dev/null
+	$(VENV)/bin/cmake --build $(CYCLES_BUILD)
+	XNORNET_NATIVE_LIB="$$(ls $(CYCLES_BUILD)/_engine*.so)" $(PY) benchmarks/cycles.py
 
 # The demo uses the trained models shipped in the package (src/xnornet/assets: the Bi-Real + KD
 # BNN as a packed file, its FP32 teacher as safetensors), so nothing is trained first: model

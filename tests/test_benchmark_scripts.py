@@ -2,11 +2,14 @@
 
 They are benchmarks, so nothing here checks a speed; only that each script runs to the end and
 prints what its docstring promises, and that a bad argument is refused with a message."""
+import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from xnornet.engine import implementations
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPTS = ROOT / "benchmarks"
@@ -54,3 +57,33 @@ def test_latency_spread_runs(model_file):
     out = run("latency_spread.py", "--threads", "1", "--runs", "5", "--model-file", model_file)
     assert out.returncode == 0, out.stderr
     assert "threads 1 (OpenMP defaults): batch-1 latency median" in out.stdout
+
+
+def test_cycles_refuses_a_path_without_the_tile_kernel(model_file):
+    env = dict(os.environ, XNORNET_ISA="generic")
+    out = run("cycles.py", "--model-file", model_file, "--batch", "2", "--runs", "1", env=env)
+    assert out.returncode != 0 and "tile kernel" in out.stderr
+
+
+@pytest.mark.skipif(not any(i["name"] == "amx" and i["supported"] for i in implementations()),
+                    reason="the counters are in the AMX tile kernel")
+def test_cycles_counts_every_layer_shape_in_the_diagnostic_build(model_file, tmp_path):
+    """The diagnostic build (cmake -DXNORNET_CYCLES=ON, what `make cycles` runs) prints each
+    layer shape's expansion, tile and epilogue cycles per output pixel at exit."""
+    bin_dir = Path(sys.executable).parent
+    build = tmp_path / "cycles"
+    subprocess.run([str(bin_dir / "cmake"), "-S", str(ROOT), "-B", str(build), "-G", "Ninja",
+                    f"-DCMAKE_MAKE_PROGRAM={bin_dir / 'ninja'}", "-DCMAKE_BUILD_TYPE=Release",
+                    "-DXNORNET_CYCLES=ON", f"-DPython_EXECUTABLE={sys.executable}"],
+                   check=True, capture_output=True)
+    subprocess.run([str(bin_dir / "cmake"), "--build", str(build)], check=True, capture_output=True)
+    lib = next(build.glob("_engine*.so"))
+    out = run("cycles.py", "--model-file", model_file, "--batch", "8", "--runs", "1",
+              env=dict(os.environ, XNORNET_NATIVE_LIB=str(lib)))
+    assert out.returncode == 0, out.stderr
+    lines = [l for l in out.stderr.splitlines() if "TSC cycles per output pixel" in l]
+    # the default trunk's five binary conv shapes (64 -> 64, 64 -> 128 s2, 128 -> 128, ...)
+    assert len(lines) == 5, out.stderr
+    for line in lines:
+        parts = dict(p.strip().split(" ", 1) for p in line.split(":", 1)[1].split(",")[:3])
+        assert all(float(v.split()[0]) > 0 for v in parts.values()), line

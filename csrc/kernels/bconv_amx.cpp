@@ -37,8 +37,70 @@
 
 #include "kernels/bconv.h"
 
+#ifdef XNORNET_CYCLES
+#include <x86intrin.h>
+
+#include <cstdio>
+#include <map>
+#include <mutex>
+#include <string>
+#endif
+
 namespace xnornet {
 namespace amx {
+
+#ifdef XNORNET_CYCLES
+// The diagnostic build's counters (cmake -DXNORNET_CYCLES=ON, docs/engine.md): TSC cycles per
+// output pixel in each part of bconv_images (expansion, tile products, epilogue), per layer,
+// summed over every call and printed to stderr at exit. rdtsc between lfences: each lap costs
+// ~100 cycles, so the parts of a group are timed, not single pixels.
+namespace cycles {
+struct Parts {
+    double expand = 0, tiles = 0, epilogue = 0, pixels = 0;
+};
+struct Table {
+    std::mutex mutex;
+    std::map<std::string, Parts> layers;  // by shape, in order of the label
+    ~Table() {
+        for (const auto& [label, p] : layers)
+            std::fprintf(stderr, "%s: expansion %.1f, tiles %.1f, epilogue %.1f TSC cycles per output pixel\n",
+                         label.c_str(), p.expand / p.pixels, p.tiles / p.pixels, p.epilogue / p.pixels);
+    }
+};
+static Table table;
+static inline uint64_t now() {
+    _mm_lfence();
+    const uint64_t t = __rdtsc();
+    _mm_lfence();
+    return t;
+}
+struct Clock {
+    std::string label;
+    Parts parts;
+    uint64_t last = now();
+    void lap(double Parts::*part) {
+        const uint64_t t = now();
+        parts.*part += double(t - last);
+        last = t;
+    }
+    ~Clock() {
+        std::lock_guard<std::mutex> lock(table.mutex);
+        Parts& p = table.layers[label];
+        p.expand += parts.expand, p.tiles += parts.tiles, p.epilogue += parts.epilogue, p.pixels += parts.pixels;
+    }
+};
+}  // namespace cycles
+#define XN_CYCLES_START(L, px)                                                                           \
+    cycles::Clock cycle_clock;                                                                            \
+    cycle_clock.label = std::to_string(L.in_h) + "x" + std::to_string(L.in_w) + "x" +                    \
+                        std::to_string(L.op->cin) + " -> " + std::to_string(L.op->cout) + " stride " + \
+                        std::to_string(L.op->stride);                                                      \
+    cycle_clock.parts.pixels = double(px)
+#define XN_CYCLES_LAP(part) cycle_clock.lap(&cycles::Parts::part)
+#else
+#define XN_CYCLES_START(L, px) ((void)0)
+#define XN_CYCLES_LAP(part) ((void)0)
+#endif
 
 struct alignas(64) TileConfig {
     uint8_t palette = 1, start_row = 0;
@@ -552,7 +614,9 @@ static void bconv_images(const Layer& L, const LayerIO& io, int img0, int images
     const int col_classes = L.col_classes;
     std::vector<size_t> at(span);  // the group's tile offsets (Phases::tile)
     configure();
+    XN_CYCLES_START(L, size_t(images) * rows * L.out_w);
     for (int t0 = 0; t0 < total; t0 += span) {
+        XN_CYCLES_LAP(epilogue);  // the previous group's (the first time: the set-up above)
         const int T = std::min(span, total - t0), st0 = t0 / mtiles, st1 = (t0 + T - 1) / mtiles;
         size_t n = 0;  // pixels per phase
         seg.clear();
@@ -567,6 +631,7 @@ static void bconv_images(const Layer& L, const LayerIO& io, int img0, int images
             expand_range(a, st, size_t(m0) * 16, size_t(m1 - m0) * 16 + halo,
                          phase_buf.data() + seg[st - st0] * pb, n * pb);
         }
+        XN_CYCLES_LAP(expand);
         pl.ph = Phases{phase_buf.data(), strip_w, n, pb};
         for (int ky = 0, t = 0; ky < op.k; ++ky)
             for (int kx = 0; kx < op.k; ++kx)
@@ -593,6 +658,7 @@ static void bconv_images(const Layer& L, const LayerIO& io, int img0, int images
         // The group's pixels (call pixels [16 t0, 16 (t0 + T)): D is contiguous across tiles)
         // row segment by row segment, so a row's interior pixels go in one run: a few divisions
         // per row instead of two per pixel.
+        XN_CYCLES_LAP(tiles);
         const int strip_px = mtiles * 16;
         for (int p = t0 * 16, p_end = (t0 + T) * 16; p < p_end;) {
             const int st = p / strip_px, q = p % strip_px, y = q / strip_w, xx = q - y * strip_w;
@@ -652,6 +718,7 @@ static void bconv_images(const Layer& L, const LayerIO& io, int img0, int images
             }
         }
     }
+    XN_CYCLES_LAP(epilogue);
     _tile_release();  // lets the core drop the tile state (cheaper context switches, C-states)
 }
 
