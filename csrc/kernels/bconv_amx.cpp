@@ -52,8 +52,8 @@ namespace amx {
 #ifdef XNORNET_CYCLES
 // The diagnostic build's counters (cmake -DXNORNET_CYCLES=ON, docs/engine.md): TSC cycles per
 // output pixel in each part of bconv_images (expansion, tile products, epilogue), per layer,
-// summed over every call and printed to stderr at exit. rdtsc between lfences: each lap costs
-// ~100 cycles, so the parts of a group are timed, not single pixels.
+// summed over every call and printed to stderr at exit. rdtsc between lfences serializes, so the
+// parts of a group are timed, not single pixels.
 namespace cycles {
 struct Parts {
     double expand = 0, tiles = 0, epilogue = 0, pixels = 0;
@@ -596,7 +596,12 @@ static void bconv_images(const Layer& L, const LayerIO& io, int img0, int images
     Plan pl{Phases{}, std::vector<const int8_t*>(size_t(op.k) * op.k * P), pr.amx_weight.data(),
             static_cast<long>(pb), size_t(op.k) * op.k * P * 1024, dbuf.data(), 16 * blocks16};
     thread_local aligned_vector<int8_t> phase_buf;  // the group's Phases
-    std::vector<size_t> seg;  // where each strip's pixels start in a phase
+    // The group's part of strip st: its tiles [m0, m1), their pixels from `base` in each phase.
+    struct Segment {
+        int st, m0, m1;
+        size_t base;
+    };
+    std::vector<Segment> segs;
     const int C = op.cout, PO = (C + 63) / 64;
     std::vector<uint64_t*> packed(size_t(images) * rows, nullptr);  // each output row's packed pixels
     if (L.next_bconv)
@@ -619,26 +624,24 @@ static void bconv_images(const Layer& L, const LayerIO& io, int img0, int images
         XN_CYCLES_LAP(epilogue);  // the previous group's (the first time: the set-up above)
         const int T = std::min(span, total - t0), st0 = t0 / mtiles, st1 = (t0 + T - 1) / mtiles;
         size_t n = 0;  // pixels per phase
-        seg.clear();
+        segs.clear();
         for (int st = st0; st <= st1; ++st) {
             const int m0 = st == st0 ? t0 % mtiles : 0, m1 = st == st1 ? (t0 + T - 1) % mtiles + 1 : mtiles;
-            seg.push_back(n);
+            segs.push_back({st, m0, m1, n});
             n += size_t(m1 - m0) * 16 + halo;
         }
         phase_buf.resize(size_t(s) * s * n * pb);
-        for (int st = st0; st <= st1; ++st) {
-            const int m0 = st == st0 ? t0 % mtiles : 0, m1 = st == st1 ? (t0 + T - 1) % mtiles + 1 : mtiles;
-            expand_range(a, st, size_t(m0) * 16, size_t(m1 - m0) * 16 + halo,
-                         phase_buf.data() + seg[st - st0] * pb, n * pb);
-        }
+        for (const Segment& g : segs)
+            expand_range(a, g.st, size_t(g.m0) * 16, size_t(g.m1 - g.m0) * 16 + halo, phase_buf.data() + g.base * pb,
+                         n * pb);
         XN_CYCLES_LAP(expand);
         pl.ph = Phases{phase_buf.data(), strip_w, n, pb};
         for (int ky = 0, t = 0; ky < op.k; ++ky)
             for (int kx = 0; kx < op.k; ++kx)
                 for (int p = 0; p < P; ++p) pl.step_a[t++] = pl.ph.tap(ky, kx, p, s);
         for (int i = 0; i < T; ++i) {
-            const int st = (t0 + i) / mtiles, m0 = st == st0 ? t0 % mtiles : 0;
-            at[i] = (seg[st - st0] + size_t((t0 + i) % mtiles - m0) * 16) * pb;
+            const Segment& g = segs[(t0 + i) / mtiles - st0];
+            at[i] = (g.base + size_t((t0 + i) % mtiles - g.m0) * 16) * pb;
         }
         // Pairs of output blocks in 2x2 blocks (measured 5-7% faster on the whole network than
         // group<4> alone, docs/engine.md); an odd last block by group<T>.

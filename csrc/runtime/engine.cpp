@@ -394,7 +394,7 @@ using WorkspaceGuard = std::unique_ptr<Engine::Workspace, std::function<void(Eng
 // A binary conv with an identity shortcut writes y over x: only its own pixel's x is read (the
 // conv reads the packed bits), and one float map less streams through the cache. A downsampling
 // layer does too where its kernel reads each window first (Kernels::pool_over_input).
-bool Engine::over_input(const Layer& L, int n, bool parallel) const {
+bool Engine::writes_over_input(const Layer& L, int n, bool parallel) const {
     if (!L.float_out || L.op->kind != OpKind::BConv) return false;
     if (L.op->residual == Residual::Identity) return true;
     const Kernels& K = *impl_->kernels;
@@ -407,7 +407,7 @@ std::vector<Engine::Step> Engine::plan(int n, int h, int w) {
     std::vector<Step> steps;
     for (size_t li = 0; li < ws->layers.size(); ++li) {
         const int images = !ws->image_major ? 0 : li < ws->split ? ws->call : ws->group;
-        steps.push_back({images, over_input(ws->layers[li], images ? images : n, !ws->image_major)});
+        steps.push_back({images, writes_over_input(ws->layers[li], images ? images : n, !ws->image_major)});
     }
     return steps;
 }
@@ -453,7 +453,7 @@ void Engine::run_graph(Workspace& ws, Buffers& buf, int n, int first_img, float*
         }
         const bool over_input = L.float_out && L.op->kind == OpKind::BConv &&
                                 L.op->residual == Residual::Identity;
-        const bool in_place = this->over_input(L, n, parallel);
+        const bool in_place = writes_over_input(L, n, parallel);
         float* const act_out = !L.float_out ? nullptr : in_place ? buf.act[fa].data() : buf.act[1 - fa].data();
         const LayerIO io{in, buf.bits[ba].data(), act_out, L.next_bconv ? buf.bits[1 - ba].data() : nullptr,
                          over_input};

@@ -66,7 +66,7 @@ private:
                    std::vector<double>* times, size_t l0, size_t l1, int img0, int state[2]);
     void record_profile(std::vector<double> times);
     // Whether layer L, on calls of n images, writes its float output over its input.
-    bool over_input(const Layer& L, int n, bool parallel) const;
+    bool writes_over_input(const Layer& L, int n, bool parallel) const;
 
     Model model_;
     const Implementation* impl_;
