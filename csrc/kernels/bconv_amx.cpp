@@ -134,6 +134,11 @@ static int group_span(int outputs, int total) {
 static void configure() {
     TileConfig c;
     for (int t = 0; t < 8; ++t) c.rows[t] = 16, c.colsb[t] = 64;
+    // GCC 12's _tile_loadconfig tells the compiler it reads 8 bytes (an "m" operand of a
+    // pointer's size), not 64: inlined into bconv_images, the stores of the rows were dropped as
+    // dead and ldtilecfg faulted on the invalid configuration (rows 0). The barrier makes every
+    // byte of c written first.
+    __asm__ volatile("" : : "r"(&c) : "memory");
     _tile_loadconfig(&c);
 }
 
@@ -142,22 +147,23 @@ static void configure() {
 // touches, its tiles' pixels and the rows below them that their taps reach, [phase][pixels][64 * P].
 struct Phases {
     const int8_t* data;
-    int wq;               // width of a phase row: lanes x the phase width of one image
+    int wq;               // positions in a phase row: lanes x the phase width of one image
+    int lanes;            // images interleaved in a phase row (Source)
     size_t pixels;        // pixels per phase
     size_t pixel_bytes;   // 64 * P
     // Where the A tile of tap (ky, kx), word p, starts for the group's first pixel.
     const int8_t* tap(int ky, int kx, int p, int s) const {
         const size_t phase = size_t(ky % s) * s + kx % s;
-        return data + (phase * pixels + size_t(ky / s) * wq + kx / s) * pixel_bytes + 64 * p;
+        return data + (phase * pixels + size_t(ky / s) * wq + size_t(kx / s) * lanes) * pixel_bytes + 64 * p;
     }
 };
 
 // The packed input of one call: padded images, their geometry, the first output row, the width
-// of one image's phase rows (phase_width) and how many images sit side by side in a phase row
-// (lanes; with stride 1 each image's row is its left padding and pixels, so the next image's
-// left padding is this one's right padding; with stride 2 each image keeps its whole phase
-// row). Side by side, a strip's rows fill whole pixel tiles where one image's do not: 8x8
-// output maps, 9 columns a row, take 5 tiles per image alone (72 pixels) and 9 per pair (144).
+// of one image's phase rows (phase_width) and how many images share a phase row (lanes),
+// interleaved pixel by pixel: position j * lanes + g of a strip's phase row holds image g's
+// column j, so a tap's offset is the same for every lane, and a pixel tile of 16 positions holds
+// 16 / lanes columns of each image. Two 8-wide output maps (9 phase columns each) thus fill one
+// tile a row (Layout), where one image alone would leave half of every tile unused.
 struct Source {
     const uint64_t* act;  // top-left of the first padded input image, [images][hp][wp][words]
     size_t image_words;   // from one image's padded map to the next's (Layer::bits_image)
@@ -174,64 +180,68 @@ static int phase_width(int in_w, int pad, int k, int stride) {
     return (wp + stride - 1) / stride;
 }
 
-// n pixels' packed words (P each, `step` words apart) as 0/1 bytes at out, one after another: the
+// n pixels' packed words (P each, `step` words apart) as 0/1 bytes at out, out_step bytes apart: the
 // expansion's inner loop, in a function of its own so that it keeps its few pointers in
 // registers (inlined into bconv_images it reloaded them from the stack for every pixel).
 template <int P>
 __attribute__((noinline)) static void expand_pixels(const uint64_t* src, size_t step, int n, int words,
-                                                    int8_t* out) {
+                                                    int8_t* out, size_t out_step) {
     const __m512i one = _mm512_set1_epi8(1);
     const int w = P ? P : words;
-    for (int i = 0; i < n; ++i, src += step)
-        for (int p = 0; p < w; ++p, out += 64) _mm512_storeu_si512(out, _mm512_maskz_mov_epi8(src[p], one));
+    for (int i = 0; i < n; ++i, src += step, out += out_step)
+        for (int p = 0; p < w; ++p) _mm512_storeu_si512(out + 64 * p, _mm512_maskz_mov_epi8(src[p], one));
 }
 
 // Expand pixels [q0, q0 + n) of every phase of strip st (q numbered over the strip's phase rows
-// from output row a.oy, rows wq = a.wq * a.lanes wide) into int8 b = (a + 1) / 2 at dst, phase f's
-// at dst + f * phase_bytes: 1 for a set bit, 0 for a clear one and for the padding. Pixels past
-// the padded image (the slack that the last tiles' dropped rows read) are 0 too. With k < stride
-// the phases (py, px) with py or px >= k are never read and stay unfilled.
+// from output row a.oy, rows wq = a.wq * a.lanes positions wide, the lanes interleaved: Source)
+// into int8 b = (a + 1) / 2 at dst, phase f's at dst + f * phase_bytes: 1 for a set bit, 0 for a
+// clear one and for the padding. Pixels past the padded image (the slack that the last tiles'
+// dropped rows read) are 0 too. With k < stride the phases (py, px) with py or px >= k are never
+// read and stay unfilled.
 static void expand_range(const Source& a, int st, size_t q0, size_t n, int8_t* dst, size_t phase_bytes) {
-    const int s = a.stride, P = a.words, wq = a.wq * a.lanes;
-    const size_t pb = size_t(64) * P;
+    const int s = a.stride, P = a.words, lanes = a.lanes, wq = a.wq * lanes;
+    const size_t pb = size_t(64) * P, out_step = size_t(lanes) * pb;
     const int used = std::min(s, a.k);
+    // columns j < in_cols of phase column px read padded columns s * j + px < wp; past them, 0
+    auto zero = [&](int8_t* out, int count) {
+        if (lanes == 1) return void(std::memset(out, 0, size_t(count) * pb));
+        for (int i = 0; i < count; ++i, out += out_step) std::memset(out, 0, pb);
+    };
     for (int py = 0; py < used; ++py)
         for (int px = 0; px < used; ++px) {
             int8_t* phase = dst + (size_t(py) * s + px) * phase_bytes;
-            for (size_t q = q0; q < q0 + n;) {  // part of a phase row: padded row s * (a.oy + q / wq) + py
+            const int in_cols = (a.wp - px + s - 1) / s;
+            for (size_t q = q0; q < q0 + n;) {  // positions [jb, je) of a phase row: padded row s * (a.oy + q / wq) + py
                 const int rr = int(q / wq), jb = int(q - size_t(rr) * wq);
                 const int je = int(std::min<size_t>(wq, jb + (q0 + n - q)));
                 const int r = s * (a.oy + rr) + py;
-                int8_t* row_out = phase + (q - q0) * pb;  // column jb
-                for (int lane = 0, j0 = 0; j0 < je; ++lane, j0 += a.wq) {  // each image's part of the row
-                    const int g = st * a.lanes + lane, lo = std::max(jb, j0), hi = std::min(je, j0 + a.wq);
+                int8_t* row_out = phase + (q - q0) * pb;  // position jb
+                for (int lane = 0; lane < lanes; ++lane) {  // columns [lo, hi) of image g: positions j * lanes + lane
+                    const int g = st * lanes + lane, lo = (jb - lane + lanes - 1) / lanes,
+                              hi = (je - lane + lanes - 1) / lanes;
                     if (lo >= hi) continue;
+                    int8_t* out = row_out + (size_t(lo) * lanes + lane - jb) * pb;
                     if (r >= a.hp || g >= a.images) {  // slack, or no image in this lane
-                        std::memset(row_out + size_t(lo - jb) * pb, 0, size_t(hi - lo) * pb);
+                        zero(out, hi - lo);
                         continue;
                     }
-                    // columns j read padded columns c = s * (j - j0) + px; those past the padded
-                    // row (c >= wp) are 0
-                    const int in_row = std::max(lo, std::min(hi, j0 + (a.wp - px + s - 1) / s));
+                    const int in_row = std::max(lo, std::min(hi, in_cols));
                     if (in_row > lo) {  // (src formed only then: it may lie past the map otherwise)
-                        const uint64_t* src =
-                            a.act + g * a.image_words + (size_t(r) * a.wp + px + size_t(s) * (lo - j0)) * P;
-                        int8_t* out = row_out + size_t(lo - jb) * pb;
+                        const uint64_t* src = a.act + g * a.image_words + (size_t(r) * a.wp + px + size_t(s) * lo) * P;
                         const size_t step = size_t(s) * P;
                         switch (P) {
-                            case 1: expand_pixels<1>(src, step, in_row - lo, P, out); break;
-                            case 2: expand_pixels<2>(src, step, in_row - lo, P, out); break;
-                            case 4: expand_pixels<4>(src, step, in_row - lo, P, out); break;
-                            default: expand_pixels<0>(src, step, in_row - lo, P, out); break;
+                            case 1: expand_pixels<1>(src, step, in_row - lo, P, out, out_step); break;
+                            case 2: expand_pixels<2>(src, step, in_row - lo, P, out, out_step); break;
+                            case 4: expand_pixels<4>(src, step, in_row - lo, P, out, out_step); break;
+                            default: expand_pixels<0>(src, step, in_row - lo, P, out, out_step); break;
                         }
                     }
-                    std::memset(row_out + size_t(in_row - jb) * pb, 0, size_t(hi - in_row) * pb);
+                    zero(out + size_t(in_row - lo) * out_step, hi - in_row);
                 }
                 q += je - jb;
             }
         }
 }
-
 
 // What one call's tile loops share.
 struct Plan {
@@ -548,12 +558,36 @@ static bool pool_fused(const Op& op) {
            op.cin <= kMaxPoolChannels && op.cout % 64 == 0;
 }
 
-// Images side by side in a phase row (Source::lanes) for a call of `images` images and `rows`
-// output rows of layer L: two where their rows then fill pixel tiles better (stride 2 too: each
-// image keeps all its phase columns, and a tap never reads past them).
-static int lanes_for(const Layer& L, int images, int rows) {
-    const int wq = phase_width(L.in_w, L.op->pad, L.op->k, L.op->stride);
-    return images > 1 && (rows * 2 * wq + 15) / 16 < 2 * ((rows * wq + 15) / 16) ? 2 : 1;
+// Where a call's pixel tiles start among a strip's phase positions (q = row * strip_w + position,
+// Source). Packed: tile mt at q = 16 mt, each tile taking along whatever columns past the output
+// map (dropped) it spans, possibly across two rows. Row-aligned: per_row tiles from the start of
+// each row, so only a row's last tile runs past its output columns: 32-wide maps (33 phase
+// columns) take 2 tiles a row instead of 2 1/16, 16-wide (17) 1 instead of 1 1/16, two 8-wide
+// maps interleaved (18) 1 instead of 1 1/8: that many fewer tile products. (Row-aligned tiles never
+// run into the next row: fewer tiles than packed means 16 per_row < strip_w.)
+struct Layout {
+    int lanes, strip_w, per_row, mtiles;  // per_row 0: packed; mtiles: tiles per strip
+    size_t start(int mt) const {
+        return per_row ? size_t(mt / per_row) * strip_w + size_t(mt % per_row) * 16 : size_t(16) * mt;
+    }
+};
+
+// The layout with fewer tiles for `rows` output rows of layer L, `lanes` images a strip.
+static Layout layout(const Layer& L, int lanes, int rows) {
+    const int strip_w = lanes * phase_width(L.in_w, L.op->pad, L.op->k, L.op->stride);
+    const int packed = (rows * strip_w + 15) / 16, per_row = (lanes * L.out_w + 15) / 16;
+    if (rows * per_row < packed) return {lanes, strip_w, per_row, rows * per_row};
+    return {lanes, strip_w, 0, packed};
+}
+
+// Two images a strip where that takes fewer tiles per image (a call of several images).
+static Layout layout_for(const Layer& L, int images, int rows) {
+    const Layout one = layout(L, 1, rows);
+    if (images > 1) {
+        const Layout two = layout(L, 2, rows);
+        if (two.mtiles < 2 * one.mtiles) return two;
+    }
+    return one;
 }
 
 // Kernels::pool_over_input: whether bconv_images may write a downsampling layer's y over its
@@ -573,10 +607,10 @@ static bool pool_over_input(const Layer& L, int) {
 }
 
 // Output rows [oy0, oy_end) of `images` consecutive images from img0 of a binary conv layer
-// (several images only for whole maps). The call's pixel tiles (per strip, 16 pixels from
-// q = 16 mt) go in groups of up to `span` tiles: the group's phase pixels expanded (into a buffer
-// that stays in cache; expanding the whole call's, ~300 KB, at once made op 2 7% and op 5 4%
-// slower), then per pair of 16-output blocks the group's tiles two by two (the weights, once
+// (several images only for whole maps). The call's pixel tiles (per strip, 16 positions from
+// Layout::start) go in groups of up to `span` tiles: the group's phase pixels expanded (into a
+// buffer that stays in cache; expanding the whole call's, ~300 KB, at once made op 2 7% and op 5
+// 4% slower), then per pair of 16-output blocks the group's tiles two by two (the weights, once
 // in cache, serve every tile of the group), then each pixel's whole epilogue while its D is in
 // cache.
 static void bconv_images(const Layer& L, const LayerIO& io, int img0, int images, int oy0, int oy_end,
@@ -585,14 +619,15 @@ static void bconv_images(const Layer& L, const LayerIO& io, int img0, int images
     const Prepared& pr = *L.prep;
     const int P = pr.words, s = op.stride, Wp = L.in_w + 2 * op.pad, Hp = L.in_h + 2 * op.pad;
     const int wq = phase_width(L.in_w, op.pad, op.k, s), rows = oy_end - oy0;
-    const int lanes = lanes_for(L, images, rows);
-    const int strip_w = lanes * wq, mtiles = (rows * strip_w + 15) / 16, strips = (images + lanes - 1) / lanes;
+    const Layout lay = layout_for(L, images, rows);
+    const int lanes = lay.lanes, strip_w = lay.strip_w, mtiles = lay.mtiles, strips = (images + lanes - 1) / lanes;
     const Source a{io.bits_in + img0 * L.bits_image, L.bits_image, Hp, Wp, P, op.k, s, oy0, images, wq, lanes};
     const int blocks16 = (pr.cout_blocks * kLanes + 15) / 16;
     const int total = strips * mtiles, span = group_span(16 * blocks16, total);
     thread_local aligned_vector<int32_t> dbuf;
     dbuf.resize(size_t(span) * 16 * blocks16 * 16);
-    const size_t pb = size_t(64) * P, halo = size_t((op.k - 1) / s) * (strip_w + 1);
+    // halo: the positions past a tile's last that its taps reach (Phases::tap)
+    const size_t pb = size_t(64) * P, halo = size_t((op.k - 1) / s) * (strip_w + lanes);
     Plan pl{Phases{}, std::vector<const int8_t*>(size_t(op.k) * op.k * P), pr.amx_weight.data(),
             static_cast<long>(pb), size_t(op.k) * op.k * P * 1024, dbuf.data(), 16 * blocks16};
     thread_local aligned_vector<int8_t> phase_buf;  // the group's Phases
@@ -617,6 +652,58 @@ static void bconv_images(const Layer& L, const LayerIO& io, int img0, int images
     const int* __restrict row_class = L.row_class.data();
     const int* __restrict col_class = L.col_class.data();
     const int col_classes = L.col_classes;
+    // The epilogue of output row y of image g (of the call), columns [x, x_end), D of column x at
+    // d0, then every dstep ints.
+    auto row_epilogue = [&](int g, int y, int x, int x_end, const int32_t* d0, size_t dstep)
+                            __attribute__((always_inline)) {
+        const int img = img0 + g, oy = oy0 + y;
+        const size_t row_cls = size_t(row_class[oy]) * col_classes;
+        // the pooled shortcut's window of (oy, 0) (downsampling layers)
+        const float* x_row = pool_fuse ? io.act_in + img * L.act_image + size_t(oy) * s * E.in_row : nullptr;
+        uint64_t* row = packed[size_t(g) * rows + y];
+        float* out = io.act_out ? io.act_out + img * L.act_image + size_t(oy) * L.out_w * C : nullptr;
+        // The row's interior pixels in one run (fused epilogues only), the rest below.
+        int run0 = x_end, run1 = x_end;
+        if ((pool_fuse || add_fuse) && row && out && L.row_interior[oy]) {
+            run0 = std::min(std::max(x, L.interior_x0), x_end);
+            run1 = std::max(std::min(x_end, L.interior_x1), run0);
+            const int32_t* d = d0 + size_t(run0 - x) * dstep;
+            float* yp = out + size_t(run0) * C;
+            if (pool_fuse)
+                with_pool_shape(E, [&](auto nv, auto st, auto q) {
+                    interior_run<true, nv, st, q>(E, run1 - run0, d, dstep, yp, row + size_t(run0) * PO,
+                                                  x_row + size_t(run0) * s * E.cin);
+                });
+            else
+                interior_run<false>(E, run1 - run0, d, dstep, yp, row + size_t(run0) * PO, nullptr);
+        }
+        for (int ox = x; ox < x_end; ++ox) {
+            if (ox == run0) ox = run1;  // done above
+            if (ox == x_end) break;
+            const int32_t* d = d0 + size_t(ox - x) * dstep;
+            float* yp = out ? out + size_t(ox) * C : sc.row;
+            uint64_t* bits = row ? row + size_t(ox) * PO : nullptr;
+            const size_t cls = row_cls + col_class[ox];  // L.border_class(oy, ox)
+            const bool interior = E.valid_taps[cls] == E.taps;
+            if (pool_fuse && bits) {
+                with_pool_shape(E, [&](auto nv, auto st, auto q) {
+                    const float* x0 = x_row + size_t(ox) * s * E.cin;
+                    if (interior)
+                        dot_pool_pack<false, nv, st, q>(E, cls, x0, d, yp, bits);
+                    else
+                        dot_pool_pack<true, nv, st, q>(E, cls, x0, d, yp, bits);
+                });
+            } else if (add_fuse && bits) {
+                if (interior)
+                    dot_add_pack<false>(E, cls, d, yp, bits);
+                else
+                    dot_add_pack<true>(E, cls, d, yp, bits);
+            } else {
+                dot_pixel(E, d, cls, yp, io.over_input);
+                finish_pixel(L, io, img, oy, ox, yp, bits);
+            }
+        }
+    };
     std::vector<size_t> at(span);  // the group's tile offsets (Phases::tile)
     configure();
     XN_CYCLES_START(L, size_t(images) * rows * L.out_w);
@@ -628,20 +715,20 @@ static void bconv_images(const Layer& L, const LayerIO& io, int img0, int images
         for (int st = st0; st <= st1; ++st) {
             const int m0 = st == st0 ? t0 % mtiles : 0, m1 = st == st1 ? (t0 + T - 1) % mtiles + 1 : mtiles;
             segs.push_back({st, m0, m1, n});
-            n += size_t(m1 - m0) * 16 + halo;
+            n += lay.start(m1 - 1) + 16 - lay.start(m0) + halo;
         }
         phase_buf.resize(size_t(s) * s * n * pb);
         for (const Segment& g : segs)
-            expand_range(a, g.st, size_t(g.m0) * 16, size_t(g.m1 - g.m0) * 16 + halo, phase_buf.data() + g.base * pb,
-                         n * pb);
+            expand_range(a, g.st, lay.start(g.m0), lay.start(g.m1 - 1) + 16 - lay.start(g.m0) + halo,
+                         phase_buf.data() + g.base * pb, n * pb);
         XN_CYCLES_LAP(expand);
-        pl.ph = Phases{phase_buf.data(), strip_w, n, pb};
+        pl.ph = Phases{phase_buf.data(), strip_w, lanes, n, pb};
         for (int ky = 0, t = 0; ky < op.k; ++ky)
             for (int kx = 0; kx < op.k; ++kx)
                 for (int p = 0; p < P; ++p) pl.step_a[t++] = pl.ph.tap(ky, kx, p, s);
         for (int i = 0; i < T; ++i) {
             const Segment& g = segs[(t0 + i) / mtiles - st0];
-            at[i] = (g.base + size_t((t0 + i) % mtiles - g.m0) * 16) * pb;
+            at[i] = (g.base + lay.start((t0 + i) % mtiles) - lay.start(g.m0)) * pb;
         }
         // Pairs of output blocks in 2x2 blocks (measured 5-7% faster on the whole network than
         // group<4> alone, docs/engine.md); an odd last block by group<T>.
@@ -658,67 +745,30 @@ static void bconv_images(const Layer& L, const LayerIO& io, int img0, int images
                     case 2: group<2>(pl, &at[i], i, ob); break;
                     default: group<1>(pl, &at[i], i, ob); break;
                 }
-        // The group's pixels (call pixels [16 t0, 16 (t0 + T)): D is contiguous across tiles)
-        // row segment by row segment, so a row's interior pixels go in one run: a few divisions
-        // per row instead of two per pixel.
         XN_CYCLES_LAP(tiles);
-        const int strip_px = mtiles * 16;
-        for (int p = t0 * 16, p_end = (t0 + T) * 16; p < p_end;) {
-            const int st = p / strip_px, q = p % strip_px, y = q / strip_w, xx = q - y * strip_w;
-            const int lane = lanes > 1 ? xx / wq : 0, x = xx - lane * wq;
-            const int g = st * lanes + lane, img = img0 + g;  // the image of this lane
-            const int n = std::min({p_end - p, wq - x, (st + 1) * strip_px - p});  // this row's pixels here
-            const int i = p - t0 * 16;  // the segment's first pixel in the group's D
-            p += n;
-            if (y >= rows || g >= images) continue;  // the last tile's slack; a lane with no image
-            const int oy = oy0 + y, x_end = std::min(x + n, L.out_w);
-            const size_t row_cls = size_t(row_class[oy]) * col_classes;
-            // the pooled shortcut's window of (oy, 0) (downsampling layers)
-            const float* x_row = pool_fuse ? io.act_in + img * L.act_image + size_t(oy) * s * E.in_row : nullptr;
-            uint64_t* row = packed[size_t(g) * rows + y];
-            float* out = io.act_out ? io.act_out + img * L.act_image + size_t(oy) * L.out_w * C : nullptr;
-            // The row's interior pixels in one run (fused epilogues only), the rest below.
-            int run0 = x_end, run1 = x_end;
-            // (x < x_end: a segment of dropped columns only has no run, and no D pointer to form)
-            if ((pool_fuse || add_fuse) && row && out && L.row_interior[oy] && x < x_end) {
-                run0 = std::min(std::max(x, L.interior_x0), x_end);
-                run1 = std::max(std::min(x_end, L.interior_x1), run0);
-                const int32_t* d = pl.d + size_t(i + run0 - x) * pl.d_stride;
-                float* yp = out + size_t(run0) * C;
-                if (pool_fuse)
-                    with_pool_shape(E, [&](auto nv, auto st, auto q) {
-                        interior_run<true, nv, st, q>(E, run1 - run0, d, pl.d_stride, yp, row + size_t(run0) * PO,
-                                                      x_row + size_t(run0) * s * E.cin);
-                    });
-                else
-                    interior_run<false>(E, run1 - run0, d, pl.d_stride, yp, row + size_t(run0) * PO, nullptr);
-            }
-            for (int ox = x; ox < x_end; ++ox) {
-                if (ox == run0) ox = run1;  // done above
-                if (ox == x_end) break;
-                const int32_t* d = pl.d + size_t(i + ox - x) * pl.d_stride;
-                float* yp = out ? out + size_t(ox) * C : sc.row;
-                uint64_t* bits = row ? row + size_t(ox) * PO : nullptr;
-                const size_t cls = row_cls + col_class[ox];  // L.border_class(oy, ox)
-                const bool interior = E.valid_taps[cls] == E.taps;
-                if (pool_fuse && bits) {
-                    with_pool_shape(E, [&](auto nv, auto st, auto q) {
-                        const float* x0 = x_row + size_t(ox) * s * E.cin;
-                        if (interior)
-                            dot_pool_pack<false, nv, st, q>(E, cls, x0, d, yp, bits);
-                        else
-                            dot_pool_pack<true, nv, st, q>(E, cls, x0, d, yp, bits);
-                    });
-                } else if (add_fuse && bits) {
-                    if (interior)
-                        dot_add_pack<false>(E, cls, d, yp, bits);
-                    else
-                        dot_add_pack<true>(E, cls, d, yp, bits);
-                } else {
-                    dot_pixel(E, d, cls, yp, io.over_input);
-                    finish_pixel(L, io, img, oy, ox, yp, bits);
+        // The group's pixels by runs of tiles whose positions follow each other in one strip (D
+        // is contiguous across tiles), row piece by row piece, so a row's interior pixels go in
+        // one run: a few divisions per row instead of two per pixel.
+        for (int i = 0; i < T;) {
+            const int st = (t0 + i) / mtiles, m = (t0 + i) % mtiles;
+            int j = i + 1;
+            while (j < T && (t0 + j) / mtiles == st && lay.start(m + j - i) == lay.start(m) + size_t(16) * (j - i)) ++j;
+            const size_t q_first = lay.start(m), q_end = q_first + size_t(16) * (j - i);
+            for (size_t q = q_first; q < q_end;) {
+                const int y = int(q / strip_w), pos = int(q - size_t(y) * strip_w);
+                const int n = int(std::min<size_t>(q_end - q, strip_w - pos));  // this row's positions here
+                const int32_t* dq = pl.d + (size_t(16) * i + (q - q_first)) * pl.d_stride;  // D of position pos
+                q += n;
+                if (y >= rows) continue;  // the last tile's slack
+                for (int lane = 0; lane < lanes; ++lane) {  // columns [x, x_end) of image g
+                    const int g = st * lanes + lane, x = (pos - lane + lanes - 1) / lanes;
+                    const int x_end = std::min(L.out_w, (pos + n - lane + lanes - 1) / lanes);
+                    if (g >= images || x >= x_end) continue;  // a lane with no image; dropped columns only
+                    row_epilogue(g, y, x, x_end, dq + (size_t(x) * lanes + lane - pos) * pl.d_stride,
+                                 size_t(lanes) * pl.d_stride);
                 }
             }
+            i = j;
         }
     }
     XN_CYCLES_LAP(epilogue);
