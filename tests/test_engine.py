@@ -366,8 +366,11 @@ def test_plan_reports_groups_and_outputs_over_input(isa):
     """Engine.plan says how a batch runs; here it checks that the speed features are on where
     they should be (results cannot show it): the tile kernels write the downsampling layers
     (cout = 2 cin) over their inputs and run the late layers on groups of 8 (16 images, 1
-    thread); the other kernels take one image per call and write only identity layers in place;
-    batch 1 on 2 threads shares each layer's rows (0 images per call)."""
+    thread) with as few pixel tiles as their layouts allow (16x16 outputs a tile a row, not 17
+    per 16 rows; two 8x8 maps interleaved a tile a row, not 9 per 8 rows; 4x4 maps packed, 3
+    tiles per two images, not 4); the other kernels take one image per call, compute no tiles
+    and write only identity layers in place; batch 1 on 2 threads shares each layer's rows (0
+    images per call)."""
     ops = [conv_fp_op(3, 64), bconv_op(64, 64, residual=mf.RES_IDENTITY),
            bconv_op(64, 128, 2, mf.RES_DOWNSAMPLE), bconv_op(128, 256, 2, mf.RES_DOWNSAMPLE),
            bconv_op(256, 256, residual=mf.RES_IDENTITY), head_op(256, 7)]
@@ -375,13 +378,17 @@ def test_plan_reports_groups_and_outputs_over_input(isa):
     plan = Engine.from_bytes(data, threads=1, isa=isa).plan(16, 16, 16)
     calls = [s["images_per_call"] for s in plan]
     over = [s["over_input"] for s in plan]
+    tiles = [s["pixel_tiles"] for s in plan]
     if isa.startswith("amx"):
         assert calls == [4, 4, 4, 4, 8, 8] and over == [False, True, True, True, True, False]
+        assert tiles == [0, 4 * 16, 2 * 8, 2 * 3, 4 * 3, 0]
     else:
         assert calls == [1] * 6 and over == [False, True, False, False, True, False]
+        assert tiles == [0] * 6
     rows = Engine.from_bytes(data, threads=2, isa=isa).plan(1, 16, 16)
     assert [s["images_per_call"] for s in rows] == [0] * 6
     assert [s["over_input"] for s in rows] == [False, True, False, False, True, False]
+    assert [s["pixel_tiles"] for s in rows] == [0] * 6
     with pytest.raises(ValueError, match="batch"):
         Engine.from_bytes(data, threads=1, isa=isa).plan(0)
     with pytest.raises(ValueError, match="does not divide evenly"):

@@ -53,6 +53,10 @@ struct Kernels {
     // window of an image before an output overwrites it. Saves the output's write misses (a map that is
     // otherwise cold) and leaves the next layer's input where the last one was read.
     bool (*pool_over_input)(const Layer&, int count) = nullptr;
+    // How many pixel tiles (16 output pixels each) layer_images computes for this layer on
+    // `count` images in one call, dropped columns included (null, or 0: it computes none).
+    // Engine::plan reports it, so tests can see which tile layout a layer gets.
+    int (*pixel_tiles)(const Layer&, int count) = nullptr;
 };
 
 extern const Kernels kernels_generic;

@@ -12,11 +12,12 @@
 // input pixels are expanded to int8 (one masked move per 64 channels) into stride x stride phase
 // images, phase (py, px) holding padded pixels (stride*i + py, stride*j + px). Numbered
 // q = row * Wq + column over a phase image's width Wq, the output pixels of a tap then sit at
-// evenly spaced addresses: an A tile is 16 consecutive q
-// (wrapping across rows; the Wq - out_w columns past the map's edge are computed and dropped) and
-// 64 input channels, one strided load, no im2col. With stride 1 the right padding is left out of
-// a phase row (phase_width: a tap past the row's end reads the next row's left padding), and
-// where it fills pixel tiles better two images share each phase row (Source::lanes). Weights are
+// evenly spaced addresses: an A tile is 16 consecutive q and 64 input channels, one strided load,
+// no im2col. Tiles start at the start of each output row where that takes fewer tiles, else every
+// 16 q, wrapping across rows (Layout); either way columns past the map's edge that a tile spans
+// are computed and dropped. With stride 1 the right padding is left out of a phase row
+// (phase_width: a tap past the row's end reads the next row's left padding), and where it fills
+// pixel tiles better two images share each phase row, interleaved (Source::lanes). Weights are
 // int8 +-1 in the VNNI layout TDPBSSD wants, with 0 for channels past cin, so those bits add
 // nothing. An activation a = +-1 goes in as b = (a + 1) / 2, a byte 1 or 0 (border taps 0): the
 // matrix unit's speed depends on the data, and with 0 for -1 instead of 0xFF every layer ran
@@ -202,14 +203,14 @@ static void expand_range(const Source& a, int st, size_t q0, size_t n, int8_t* d
     const int s = a.stride, P = a.words, lanes = a.lanes, wq = a.wq * lanes;
     const size_t pb = size_t(64) * P, out_step = size_t(lanes) * pb;
     const int used = std::min(s, a.k);
-    // columns j < in_cols of phase column px read padded columns s * j + px < wp; past them, 0
-    auto zero = [&](int8_t* out, int count) {
+    auto zero = [&](int8_t* out, int count) {  // count pixels from out, out_step bytes apart
         if (lanes == 1) return void(std::memset(out, 0, size_t(count) * pb));
         for (int i = 0; i < count; ++i, out += out_step) std::memset(out, 0, pb);
     };
     for (int py = 0; py < used; ++py)
         for (int px = 0; px < used; ++px) {
             int8_t* phase = dst + (size_t(py) * s + px) * phase_bytes;
+            // columns j < in_cols read padded columns s * j + px < wp; past them, 0
             const int in_cols = (a.wp - px + s - 1) / s;
             for (size_t q = q0; q < q0 + n;) {  // positions [jb, je) of a phase row: padded row s * (a.oy + q / wq) + py
                 const int rr = int(q / wq), jb = int(q - size_t(rr) * wq);
@@ -805,6 +806,14 @@ static void layer_images_mixed(const Layer& L, const LayerIO& io, int img0, int 
     if (tiles_pay(*L.op, count)) return bconv_images(L, io, img0, count, 0, L.out_h, s);
     for (int i = 0; i < count; ++i) layer_rows_mixed(L, io, img0 + i, 0, L.out_h, s);
 }
+static int pixel_tiles(const Layer& L, int count) {
+    if (L.op->kind != OpKind::BConv) return 0;
+    const Layout lay = layout_for(L, count, L.out_h);
+    return (count + lay.lanes - 1) / lay.lanes * lay.mtiles;
+}
+static int pixel_tiles_mixed(const Layer& L, int count) {
+    return tiles_pay(*L.op, count) ? pixel_tiles(L, count) : 0;
+}
 // (whatever the count: the executor needs the same answer for every part of a group)
 static bool pool_over_input_mixed(const Layer& L, int count) {
     return tiles_pay(*L.op, 1) && pool_over_input(L, count);
@@ -814,11 +823,11 @@ static bool pool_over_input_mixed(const Layer& L, int count) {
 
 const Kernels kernels_amx = {amx::layer_rows, amx::pack_row, amx::peak_loop, 4 * 16 * 16 * 64,
                              /*int8_weights=*/amx::every_bconv, /*whole_maps=*/true,
-                             amx::layer_images, amx::pool_over_input};
+                             amx::layer_images, amx::pool_over_input, amx::pixel_tiles};
 
 const Kernels kernels_amx_mixed = {amx::layer_rows_mixed, amx::pack_row, amx::peak_loop,
                                    4 * 16 * 16 * 64, /*int8_weights=*/amx::every_bconv,
                                    /*whole_maps=*/true, amx::layer_images_mixed,
-                                   amx::pool_over_input_mixed};
+                                   amx::pool_over_input_mixed, amx::pixel_tiles_mixed};
 
 }  // namespace xnornet

@@ -113,6 +113,7 @@ NB_MODULE(_engine, m) {
                 nb::dict d;
                 d["images_per_call"] = s.images_per_call;
                 d["over_input"] = s.over_input;
+                d["pixel_tiles"] = s.pixel_tiles;
                 steps.append(d);
             }
             return steps;

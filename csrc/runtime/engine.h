@@ -50,6 +50,7 @@ public:
     struct Step {
         int images_per_call;
         bool over_input;
+        int pixel_tiles;  // per call of images_per_call whole maps (Kernels::pixel_tiles)
     };
     std::vector<Step> plan(int n, int h, int w);
 

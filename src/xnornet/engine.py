@@ -152,8 +152,10 @@ class Engine:
     def plan(self, batch: int, height: int = 32, width: int = 32) -> list[dict]:
         """How a batch of `batch` images of height x width runs, one dict per compute op:
         `images_per_call` (each thread takes groups of this many images through the layer in
-        one call; 0: the whole batch in one call, its rows shared by the threads) and
-        `over_input` (the op writes its float output over its input map)."""
+        one call; 0: the whole batch in one call, its rows shared by the threads),
+        `over_input` (the op writes its float output over its input map) and `pixel_tiles`
+        (the tile kernels' 16-pixel tiles per call, dropped columns included; 0 where the op
+        runs on none or its rows are shared)."""
         if batch < 1:
             raise ValueError(f"batch must be at least 1, got {batch}")
         return list(self._native.plan(int(batch), int(height), int(width)))
