@@ -251,8 +251,9 @@ def _identity_chain(k, cin, h, w, batch):
 @pytest.mark.parametrize("h,w,cout", [(32, 32, 128), (32, 16, 128), (12, 20, 128), (16, 16, 256)])
 def test_downsampling_over_its_input_is_bitwise(isa, batch, threads, h, w, cout):
     """The tile kernels write a downsampling layer's output over its input map where their pixel
-    order allows (cout = 2 * cin: 32x32 and 32x16 inputs one image per phase row, 12x20 two side
-    by side, their rows alternating; each image in a slot of its own); the next identity layer
+    order allows (cout = 2 * cin: 32x32 inputs one image per phase row, 32x16 and 12x20 two,
+    their pixels interleaved, the first with a tile per output row, the second with packed tiles;
+    each image in a slot of its own); the next identity layer
     then reads it there. With cout = 4 * cin and in the other run modes the output goes to the
     other buffer. Bit for bit PyTorch's float32 after a first identity layer (which wrote the
     input map in place) and two more layers."""
@@ -368,7 +369,8 @@ def test_plan_reports_groups_and_outputs_over_input(isa):
     (cout = 2 cin) over their inputs and run the late layers on groups of 8 (16 images, 1
     thread) with as few pixel tiles as their layouts allow (16x16 outputs a tile a row, not 17
     per 16 rows; two 8x8 maps interleaved a tile a row, not 9 per 8 rows; 4x4 maps packed, 3
-    tiles per two images, not 4); the other kernels take one image per call, compute no tiles
+    tiles per two images, not 4; three images a call: one a phase row where two would take more
+    tiles); the other kernels take one image per call, compute no tiles
     and write only identity layers in place; batch 1 on 2 threads shares each layer's rows (0
     images per call)."""
     ops = [conv_fp_op(3, 64), bconv_op(64, 64, residual=mf.RES_IDENTITY),
@@ -382,6 +384,11 @@ def test_plan_reports_groups_and_outputs_over_input(isa):
     if isa.startswith("amx"):
         assert calls == [4, 4, 4, 4, 8, 8] and over == [False, True, True, True, True, False]
         assert tiles == [0, 4 * 16, 2 * 8, 2 * 3, 4 * 3, 0]
+        # three images a call: one image a phase row where two would take more tiles in all (8x8:
+        # 3 x 5 packed, not 2 x 8 row-aligned; 4x4: 3 x 2, as many as 2 x 3)
+        odd = Engine.from_bytes(data, threads=1, isa=isa).plan(3, 16, 16)
+        assert [s["images_per_call"] for s in odd] == [3] * 6
+        assert [s["pixel_tiles"] for s in odd] == [0, 3 * 16, 3 * 5, 3 * 2, 3 * 2, 0]
     else:
         assert calls == [1] * 6 and over == [False, True, False, False, True, False]
         assert tiles == [0] * 6

@@ -132,6 +132,11 @@ static int group_span(int outputs, int total) {
     return std::min(fit, total);
 }
 
+// GCC 12's tile loads and stores are asm statements that declare no memory access, so to the
+// compiler the expansion's stores need not come before the tile loads, nor the tile stores before
+// the epilogue's loads of D. A compiler barrier between the parts orders them (no instruction).
+static inline void memory_barrier() { __asm__ volatile("" ::: "memory"); }
+
 static void configure() {
     TileConfig c;
     for (int t = 0; t < 8; ++t) c.rows[t] = 16, c.colsb[t] = 64;
@@ -144,7 +149,7 @@ static void configure() {
 }
 
 // The int8 phase pixels of one group of pixel tiles (see the top of the file and bconv_images):
-// per phase, `pixels` pixels: for each strip (of `lanes` images side by side, Source) the group
+// per phase, `pixels` pixels: for each strip (of `lanes` images interleaved, Source) the group
 // touches, its tiles' pixels and the rows below them that their taps reach, [phase][pixels][64 * P].
 struct Phases {
     const int8_t* data;
@@ -277,7 +282,7 @@ struct Plan {
         }                                                        \
     } while (0)
 
-// D for the T pixel tiles at byte offsets at[0..T) (Phases::tile) and output block ob (all taps
+// D for the T pixel tiles at byte offsets at[0..T) (from Phases::data) and output block ob (all taps
 // and words) into pl.d, group slots slot..slot+T.
 template <int T>
 static void group(const Plan& pl, const size_t* at, int slot, int ob) {
@@ -581,12 +586,12 @@ static Layout layout(const Layer& L, int lanes, int rows) {
     return {lanes, strip_w, 0, packed};
 }
 
-// Two images a strip where that takes fewer tiles per image (a call of several images).
+// Two images a strip where the call then takes fewer tiles (a call of several images).
 static Layout layout_for(const Layer& L, int images, int rows) {
     const Layout one = layout(L, 1, rows);
     if (images > 1) {
         const Layout two = layout(L, 2, rows);
-        if (two.mtiles < 2 * one.mtiles) return two;
+        if (size_t(images + 1) / 2 * two.mtiles < size_t(images) * one.mtiles) return two;
     }
     return one;
 }
@@ -594,7 +599,7 @@ static Layout layout_for(const Layer& L, int images, int rows) {
 // Kernels::pool_over_input: whether bconv_images may write a downsampling layer's y over its
 // input x. Each image has its own slot in the buffers (Layer::act_image), and within an image the
 // epilogue goes through the pixels row by row (within a row the interior run, then the border
-// pixels; with two images side by side their rows alternate, which does not matter here), and
+// pixels; with two images a strip their pixels alternate, which does not matter here), and
 // dot_pool_pack reads a pixel's whole window before storing it. With cout = s * cin (and the
 // input s times the output on each side, which the executor checks), in floats from the image's
 // slot, output pixel (m, ox) starts at (m * W + ox) * s * cin and its window's first input row at
@@ -705,7 +710,7 @@ static void bconv_images(const Layer& L, const LayerIO& io, int img0, int images
             }
         }
     };
-    std::vector<size_t> at(span);  // the group's tile offsets (Phases::tile)
+    std::vector<size_t> at(span);  // the group's tile offsets from Phases::data
     configure();
     XN_CYCLES_START(L, size_t(images) * rows * L.out_w);
     for (int t0 = 0; t0 < total; t0 += span) {
@@ -722,6 +727,7 @@ static void bconv_images(const Layer& L, const LayerIO& io, int img0, int images
         for (const Segment& g : segs)
             expand_range(a, g.st, lay.start(g.m0), lay.start(g.m1 - 1) + 16 - lay.start(g.m0) + halo,
                          phase_buf.data() + g.base * pb, n * pb);
+        memory_barrier();  // the expansion's stores, then the tile loads
         XN_CYCLES_LAP(expand);
         pl.ph = Phases{phase_buf.data(), strip_w, lanes, n, pb};
         for (int ky = 0, t = 0; ky < op.k; ++ky)
@@ -746,6 +752,7 @@ static void bconv_images(const Layer& L, const LayerIO& io, int img0, int images
                     case 2: group<2>(pl, &at[i], i, ob); break;
                     default: group<1>(pl, &at[i], i, ob); break;
                 }
+        memory_barrier();  // the tile stores of D, then the epilogue's loads
         XN_CYCLES_LAP(tiles);
         // The group's pixels by runs of tiles whose positions follow each other in one strip (D
         // is contiguous across tiles), row piece by row piece, so a row's interior pixels go in
