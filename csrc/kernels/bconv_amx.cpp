@@ -176,6 +176,11 @@ struct Source {
     int hp, wp, words, k, stride, oy, images, wq, lanes;
 };
 
+// The first column of image `lane` at or after position pos of a strip's phase row (Source:
+// position j * lanes + lane holds column j): columns [lane_column(a), lane_column(b)) of it lie at
+// positions [a, b).
+static inline int lane_column(int pos, int lane, int lanes) { return (pos - lane + lanes - 1) / lanes; }
+
 // Columns per row of a phase image. Stride 1 with the same padding on both sides leaves the
 // right padding out: a tap past a row's last pixel then reads the next row's left padding, the
 // same -1 input, so each output row computes pad fewer columns that are dropped (32x32 maps: 33
@@ -223,8 +228,8 @@ static void expand_range(const Source& a, int st, size_t q0, size_t n, int8_t* d
                 const int r = s * (a.oy + rr) + py;
                 int8_t* row_out = phase + (q - q0) * pb;  // position jb
                 for (int lane = 0; lane < lanes; ++lane) {  // columns [lo, hi) of image g: positions j * lanes + lane
-                    const int g = st * lanes + lane, lo = (jb - lane + lanes - 1) / lanes,
-                              hi = (je - lane + lanes - 1) / lanes;
+                    const int g = st * lanes + lane, lo = lane_column(jb, lane, lanes),
+                              hi = lane_column(je, lane, lanes);
                     if (lo >= hi) continue;
                     int8_t* out = row_out + (size_t(lo) * lanes + lane - jb) * pb;
                     if (r >= a.hp || g >= a.images) {  // slack, or no image in this lane
@@ -624,9 +629,10 @@ static void bconv_images(const Layer& L, const LayerIO& io, int img0, int images
     const Op& op = *L.op;
     const Prepared& pr = *L.prep;
     const int P = pr.words, s = op.stride, Wp = L.in_w + 2 * op.pad, Hp = L.in_h + 2 * op.pad;
-    const int wq = phase_width(L.in_w, op.pad, op.k, s), rows = oy_end - oy0;
+    const int rows = oy_end - oy0;
     const Layout lay = layout_for(L, images, rows);
     const int lanes = lay.lanes, strip_w = lay.strip_w, mtiles = lay.mtiles, strips = (images + lanes - 1) / lanes;
+    const int wq = strip_w / lanes;  // one image's phase_width
     const Source a{io.bits_in + img0 * L.bits_image, L.bits_image, Hp, Wp, P, op.k, s, oy0, images, wq, lanes};
     const int blocks16 = (pr.cout_blocks * kLanes + 15) / 16;
     const int total = strips * mtiles, span = group_span(16 * blocks16, total);
@@ -637,10 +643,11 @@ static void bconv_images(const Layer& L, const LayerIO& io, int img0, int images
     Plan pl{Phases{}, std::vector<const int8_t*>(size_t(op.k) * op.k * P), pr.amx_weight.data(),
             static_cast<long>(pb), size_t(op.k) * op.k * P * 1024, dbuf.data(), 16 * blocks16};
     thread_local aligned_vector<int8_t> phase_buf;  // the group's Phases
-    // The group's part of strip st: its tiles [m0, m1), their pixels from `base` in each phase.
+    // The group's part of strip st: its tiles [m0, m1), their `len` pixels (from the first tile's
+    // first, the rows their taps reach below included) from `base` in each phase.
     struct Segment {
         int st, m0, m1;
-        size_t base;
+        size_t base, len;
     };
     std::vector<Segment> segs;
     const int C = op.cout, PO = (C + 63) / 64;
@@ -720,13 +727,12 @@ static void bconv_images(const Layer& L, const LayerIO& io, int img0, int images
         segs.clear();
         for (int st = st0; st <= st1; ++st) {
             const int m0 = st == st0 ? t0 % mtiles : 0, m1 = st == st1 ? (t0 + T - 1) % mtiles + 1 : mtiles;
-            segs.push_back({st, m0, m1, n});
-            n += lay.start(m1 - 1) + 16 - lay.start(m0) + halo;
+            segs.push_back({st, m0, m1, n, lay.start(m1 - 1) + 16 - lay.start(m0) + halo});
+            n += segs.back().len;
         }
         phase_buf.resize(size_t(s) * s * n * pb);
         for (const Segment& g : segs)
-            expand_range(a, g.st, lay.start(g.m0), lay.start(g.m1 - 1) + 16 - lay.start(g.m0) + halo,
-                         phase_buf.data() + g.base * pb, n * pb);
+            expand_range(a, g.st, lay.start(g.m0), g.len, phase_buf.data() + g.base * pb, n * pb);
         memory_barrier();  // the expansion's stores, then the tile loads
         XN_CYCLES_LAP(expand);
         pl.ph = Phases{phase_buf.data(), strip_w, lanes, n, pb};
@@ -769,8 +775,8 @@ static void bconv_images(const Layer& L, const LayerIO& io, int img0, int images
                 q += n;
                 if (y >= rows) continue;  // the last tile's slack
                 for (int lane = 0; lane < lanes; ++lane) {  // columns [x, x_end) of image g
-                    const int g = st * lanes + lane, x = (pos - lane + lanes - 1) / lanes;
-                    const int x_end = std::min(L.out_w, (pos + n - lane + lanes - 1) / lanes);
+                    const int g = st * lanes + lane, x = lane_column(pos, lane, lanes);
+                    const int x_end = std::min(L.out_w, lane_column(pos + n, lane, lanes));
                     if (g >= images || x >= x_end) continue;  // a lane with no image; dropped columns only
                     row_epilogue(g, y, x, x_end, dq + (size_t(x) * lanes + lane - pos) * pl.d_stride,
                                  size_t(lanes) * pl.d_stride);

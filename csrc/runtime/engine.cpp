@@ -404,12 +404,12 @@ bool Engine::writes_over_input(const Layer& L, int n, bool parallel) const {
 std::vector<Engine::Step> Engine::plan(int n, int h, int w) {
     output_shape(n, h, w);  // sizes checked
     WorkspaceGuard ws(acquire(n, h, w), [this](Workspace* p) { release(p); });
+    const Kernels& K = *impl_->kernels;
     std::vector<Step> steps;
     for (size_t li = 0; li < ws->layers.size(); ++li) {
         const Layer& L = ws->layers[li];
         const int images = !ws->image_major ? 0 : li < ws->split ? ws->call : ws->group;
-        const Kernels& K = *impl_->kernels;
-        const int tiles = images && K.layer_images && K.pixel_tiles ? K.pixel_tiles(L, images) : 0;
+        const int tiles = images && K.pixel_tiles ? K.pixel_tiles(L, images) : 0;
         steps.push_back({images, writes_over_input(L, images ? images : n, !ws->image_major), tiles});
     }
     return steps;
