@@ -17,17 +17,18 @@
 // 16 q, wrapping across rows (Layout); either way columns past the map's edge that a tile spans
 // are computed and dropped. With stride 1 the right padding is left out of a phase row
 // (phase_width: a tap past the row's end reads the next row's left padding), and where it fills
-// pixel tiles better two images share each phase row, interleaved (Source::lanes). Weights are
-// int8 +-1 in the VNNI layout TDPBSSD wants, with 0 for channels past cin, so those bits add
-// nothing. An activation a = +-1 goes in as b = (a + 1) / 2, a byte 1 or 0 (border taps 0): the
-// matrix unit's speed depends on the data, and with 0 for -1 instead of 0xFF every layer ran
-// 7-13% faster (docs/engine.md). The tiles' sum D' = sum(b * w) gives the +-1 dot product over
-// all taps, border taps included as -1 inputs (exactly as the XOR kernels see them), as
-// D = 2 D' - sum(w) (tile_dot, with Prepared::amx_wsum): the same integer as the XOR kernels'
-// popcount formula, D = k*k*cin - 2*popcount. It goes straight into the epilogue: identity and
-// downsampling layers store y and pack the next layer's bits in one register pass (dot_add_pack,
-// dot_pool_pack), a row's interior pixels in one run (interior_run), others through dot_pixel
-// and the shared row code.
+// pixel tiles better two images share each phase row, interleaved (Source::lanes). An activation
+// a = +-1 goes in as b = (a + 1) / 2, a byte 1 or 0 (border taps 0): the matrix unit's speed
+// depends on the data, and with 0 for -1 instead of 0xFF every layer ran 7-13% faster
+// (docs/engine.md). A weight w = +-1 goes in as 2w, a byte +-2, in the VNNI layout TDPBSSD
+// wants, with 0 for channels past cin, so those bits add nothing. The tiles' sum
+// D' = sum(b * 2w) = sum((a + 1) * w) then gives the +-1 dot product over all taps, border taps
+// included as -1 inputs (exactly as the XOR kernels see them), as D = D' - sum(w) (tile_dot,
+// with Prepared::amx_wsum; +-2 saves the epilogue a shift per 16 outputs): the same integer as
+// the XOR kernels' popcount formula, D = k*k*cin - 2*popcount. It goes straight into the
+// epilogue: identity and downsampling layers store y and pack the next layer's bits in one
+// register pass (dot_add_pack, dot_pool_pack), a row's interior pixels in one run
+// (interior_run), others through dot_pixel and the shared row code.
 // Measurements and what is left: docs/engine.md.
 #include <immintrin.h>
 
@@ -179,7 +180,13 @@ struct Source {
 // The first column of image `lane` at or after position pos of a strip's phase row (Source:
 // position j * lanes + lane holds column j): columns [lane_column(a), lane_column(b)) of it lie at
 // positions [a, b).
-static inline int lane_column(int pos, int lane, int lanes) { return (pos - lane + lanes - 1) / lanes; }
+// (Called per row piece by the expansion and the epilogue: the one and two lane cases, the only
+// ones Layout makes, without a division.)
+static inline int lane_column(int pos, int lane, int lanes) {
+    if (lanes == 1) return pos;
+    if (lanes == 2) return (pos - lane + 1) >> 1;  // pos >= 0, lane < lanes: a non-negative numerator
+    return (pos - lane + lanes - 1) / lanes;
+}
 
 // Columns per row of a phase image. Stride 1 with the same padding on both sides leaves the
 // right padding out: a tap past a row's last pixel then reads the next row's left padding, the
@@ -214,6 +221,7 @@ static void expand_range(const Source& a, int st, size_t q0, size_t n, int8_t* d
     const size_t pb = size_t(64) * P, out_step = size_t(lanes) * pb;
     const int used = std::min(s, a.k);
     auto zero = [&](int8_t* out, int count) {  // count pixels from out, out_step bytes apart
+        if (count <= 0) return;
         if (lanes == 1) return void(std::memset(out, 0, size_t(count) * pb));
         for (int i = 0; i < count; ++i, out += out_step) std::memset(out, 0, pb);
     };
@@ -222,8 +230,10 @@ static void expand_range(const Source& a, int st, size_t q0, size_t n, int8_t* d
             int8_t* phase = dst + (size_t(py) * s + px) * phase_bytes;
             // columns j < in_cols read padded columns s * j + px < wp; past them, 0
             const int in_cols = (a.wp - px + s - 1) / s;
-            for (size_t q = q0; q < q0 + n;) {  // positions [jb, je) of a phase row: padded row s * (a.oy + q / wq) + py
-                const int rr = int(q / wq), jb = int(q - size_t(rr) * wq);
+            // positions [jb, je) of phase row rr: padded row s * (a.oy + rr) + py (one division
+            // per phase, not per row: with ~17 pixels a row, op 5's rows took ~110 cycles each)
+            int rr = int(q0 / wq), jb = int(q0 - size_t(rr) * wq);
+            for (size_t q = q0; q < q0 + n; ++rr, jb = 0) {
                 const int je = int(std::min<size_t>(wq, jb + (q0 + n - q)));
                 const int r = s * (a.oy + rr) + py;
                 int8_t* row_out = phase + (q - q0) * pb;  // position jb
@@ -417,10 +427,10 @@ struct Epilogue {
 };
 
 // The +-1 dot product over all taps (border taps as -1 inputs) of an output from the tiles' sum
-// over 0/1 activations (see the top of the file): D = 2 D' - sum(w).
-static inline int32_t tile_dot(int32_t d, int32_t wsum) { return 2 * d - wsum; }
+// of 0/1 activations times +-2 weights (see the top of the file): D = D' - sum(w).
+static inline int32_t tile_dot(int32_t d, int32_t wsum) { return d - wsum; }
 static inline __m512i tile_dot(__m512i d, __m512i wsum) {
-    return _mm512_sub_epi32(_mm512_slli_epi32(d, 1), wsum);
+    return _mm512_sub_epi32(d, wsum);
 }
 
 // Binary conv epilogue of one pixel from the tiles' sums d (D = tile_dot(d), the +-1 dot product

@@ -21,7 +21,7 @@ const std::vector<Implementation>& implementations() {
                      "elsewhere", &kernels_amx_mixed, amx && avx512});
         t.push_back({"avx512", "AVX-512F + VPOPCNTDQ: 8 output channels per zmm, 4x4 register tile",
                      &kernels_avx512, avx512});
-        t.push_back({"amx", "AMX-INT8 for every binary conv: bits expanded to int8 +-1 per feature "
+        t.push_back({"amx", "AMX-INT8 for every binary conv: bits expanded to int8 0/1 per feature "
                      "map, 16x64 by 64x16 tile products (TDPBSSD), 2 pixel tiles x 2 weight "
                      "tiles per step; opt-in", &kernels_amx, amx, /*automatic=*/false});
         t.push_back({"avx2", "AVX2: nibble-LUT popcount (vpshufb + vpsadbw), 4-pixel tile",

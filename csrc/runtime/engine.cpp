@@ -112,10 +112,11 @@ std::unique_ptr<Prepared> prepare(const Op& op, bool int8_weights) {
                         const int q = c / 64, j = c % 64;  // word, bit; VNNI row j/4, byte j%4
                         const bool plus = w[(size_t(o) * kk + t) * P + q] >> j & 1;
                         p->amx_weight[((size_t(o / 16) * kk + t) * P + q) * 1024 + (j / 4) * 64 +
-                                      (o % 16) * 4 + j % 4] = plus ? 1 : -1;
+                                      (o % 16) * 4 + j % 4] = plus ? 2 : -2;  // 2w
                     }
-            // The tile kernel's activations are 0/1 bytes (bconv_amx.cpp): it needs each output's
-            // weight sum (bits past cin are 0, which the model file check guarantees).
+            // The tile kernel's activations are 0/1 bytes and its weights +-2 (bconv_amx.cpp): it
+            // needs each output's sum of +-1 weights (bits past cin are 0, which the model file
+            // check guarantees).
             p->amx_wsum.assign(size_t(blocks16) * 16, 0);
             for (int o = 0; o < op.cout; ++o)
                 for (int t = 0; t < kk; ++t)

@@ -22,7 +22,7 @@ struct Prepared {
     // popcount of that tap's weight words: what a zero (border) input word adds to the sum.
     aligned_vector<uint64_t> bin_weight;
     aligned_vector<int32_t> tap_popcount;  // [cout][k*k]
-    // AMX kernels only: the same weights as int8 +-1 (0 past cin) in TDPBSSD's VNNI layout,
+    // AMX kernels only: the same weights as int8 +-2 (0 past cin) in TDPBSSD's VNNI layout,
     // [cout/16][k*k][P][16 rows = 4-channel groups][16 outputs x 4 channels].
     aligned_vector<int8_t> amx_weight;
     aligned_vector<int32_t> amx_wsum;  // per output (16 per block, 0 past cout): the sum of its int8 weights
