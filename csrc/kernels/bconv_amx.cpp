@@ -198,16 +198,31 @@ static int phase_width(int in_w, int pad, int k, int stride) {
     return (wp + stride - 1) / stride;
 }
 
-// n pixels' packed words (P each, `step` words apart) as 0/1 bytes at out, out_step bytes apart: the
-// expansion's inner loop, in a function of its own so that it keeps its few pointers in
-// registers (inlined into bconv_images it reloaded them from the stack for every pixel).
+// n pixels' packed words (P each, `step` words apart) as 0/1 bytes at out, out_step bytes apart,
+// in each of `rows` rows (src_row words and out_row bytes apart): the expansion's inner loop, in
+// a function of its own so that it keeps its few pointers in registers (inlined into
+// bconv_images it reloaded them from the stack for every pixel).
 template <int P>
 __attribute__((noinline)) static void expand_pixels(const uint64_t* src, size_t step, int n, int words,
-                                                    int8_t* out, size_t out_step) {
+                                                    int8_t* out, size_t out_step, int rows, size_t src_row,
+                                                    size_t out_row) {
     const __m512i one = _mm512_set1_epi8(1);
     const int w = P ? P : words;
-    for (int i = 0; i < n; ++i, src += step, out += out_step)
-        for (int p = 0; p < w; ++p) _mm512_storeu_si512(out + 64 * p, _mm512_maskz_mov_epi8(src[p], one));
+    for (int r = 0; r < rows; ++r, src += src_row, out += out_row) {
+        const uint64_t* in = src;
+        int8_t* o = out;
+        for (int i = 0; i < n; ++i, in += step, o += out_step)
+            for (int p = 0; p < w; ++p) _mm512_storeu_si512(o + 64 * p, _mm512_maskz_mov_epi8(in[p], one));
+    }
+}
+static void expand_rows(const uint64_t* src, size_t step, int n, int words, int8_t* out, size_t out_step,
+                        int rows = 1, size_t src_row = 0, size_t out_row = 0) {
+    switch (words) {
+        case 1: return expand_pixels<1>(src, step, n, words, out, out_step, rows, src_row, out_row);
+        case 2: return expand_pixels<2>(src, step, n, words, out, out_step, rows, src_row, out_row);
+        case 4: return expand_pixels<4>(src, step, n, words, out, out_step, rows, src_row, out_row);
+        default: return expand_pixels<0>(src, step, n, words, out, out_step, rows, src_row, out_row);
+    }
 }
 
 // Expand pixels [q0, q0 + n) of every phase of strip st (q numbered over the strip's phase rows
@@ -234,6 +249,20 @@ static void expand_range(const Source& a, int st, size_t q0, size_t n, int8_t* d
             // per phase, not per row: with ~17 pixels a row, op 5's rows took ~110 cycles each)
             int rr = int(q0 / wq), jb = int(q0 - size_t(rr) * wq);
             for (size_t q = q0; q < q0 + n; ++rr, jb = 0) {
+                // Whole rows of one image inside the padded map, every column from the input:
+                // as many as follow in one call (op 5: 17 rows of 17 pixels per phase).
+                if (lanes == 1 && jb == 0 && in_cols >= wq && st < a.images) {
+                    int rows = 0;
+                    while (q + size_t(rows + 1) * wq <= q0 + n && s * (a.oy + rr + rows) + py < a.hp) ++rows;
+                    if (rows > 0) {
+                        const int r = s * (a.oy + rr) + py;
+                        expand_rows(a.act + st * a.image_words + (size_t(r) * a.wp + px) * P, size_t(s) * P, wq, P,
+                                    phase + (q - q0) * pb, pb, rows, size_t(s) * a.wp * P, size_t(wq) * pb);
+                        q += size_t(rows) * wq;
+                        rr += rows - 1;  // and the loop's ++rr
+                        continue;
+                    }
+                }
                 const int je = int(std::min<size_t>(wq, jb + (q0 + n - q)));
                 const int r = s * (a.oy + rr) + py;
                 int8_t* row_out = phase + (q - q0) * pb;  // position jb
@@ -249,13 +278,7 @@ static void expand_range(const Source& a, int st, size_t q0, size_t n, int8_t* d
                     const int in_row = std::max(lo, std::min(hi, in_cols));
                     if (in_row > lo) {  // (src formed only then: it may lie past the map otherwise)
                         const uint64_t* src = a.act + g * a.image_words + (size_t(r) * a.wp + px + size_t(s) * lo) * P;
-                        const size_t step = size_t(s) * P;
-                        switch (P) {
-                            case 1: expand_pixels<1>(src, step, in_row - lo, P, out, out_step); break;
-                            case 2: expand_pixels<2>(src, step, in_row - lo, P, out, out_step); break;
-                            case 4: expand_pixels<4>(src, step, in_row - lo, P, out, out_step); break;
-                            default: expand_pixels<0>(src, step, in_row - lo, P, out, out_step); break;
-                        }
+                        expand_rows(src, size_t(s) * P, in_row - lo, P, out, out_step);
                     }
                     zero(out + size_t(in_row - lo) * out_step, hi - in_row);
                 }
