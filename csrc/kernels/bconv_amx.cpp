@@ -215,6 +215,7 @@ __attribute__((noinline)) static void expand_pixels(const uint64_t* src, size_t 
             for (int p = 0; p < w; ++p) _mm512_storeu_si512(o + 64 * p, _mm512_maskz_mov_epi8(in[p], one));
     }
 }
+// expand_pixels for `words` words a pixel, compiled with the count constant for 1, 2 and 4.
 static void expand_rows(const uint64_t* src, size_t step, int n, int words, int8_t* out, size_t out_step,
                         int rows = 1, size_t src_row = 0, size_t out_row = 0) {
     switch (words) {
@@ -245,8 +246,8 @@ static void expand_range(const Source& a, int st, size_t q0, size_t n, int8_t* d
             int8_t* phase = dst + (size_t(py) * s + px) * phase_bytes;
             // columns j < in_cols read padded columns s * j + px < wp; past them, 0
             const int in_cols = (a.wp - px + s - 1) / s;
-            // positions [jb, je) of phase row rr: padded row s * (a.oy + rr) + py (one division
-            // per phase, not per row: with ~17 pixels a row, op 5's rows took ~110 cycles each)
+            // positions [jb, je) of phase row rr: padded row s * (a.oy + rr) + py (rr and jb
+            // divided out once per phase, not per row: op 5's rows have only 17 pixels)
             int rr = int(q0 / wq), jb = int(q0 - size_t(rr) * wq);
             for (size_t q = q0; q < q0 + n; ++rr, jb = 0) {
                 // Whole rows of one image inside the padded map, every column from the input:
