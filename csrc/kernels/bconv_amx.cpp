@@ -246,6 +246,10 @@ static void expand_range(const Source& a, int st, size_t q0, size_t n, int8_t* d
             int8_t* phase = dst + (size_t(py) * s + px) * phase_bytes;
             // columns j < in_cols read padded columns s * j + px < wp; past them, 0
             const int in_cols = (a.wp - px + s - 1) / s;
+            // image g's packed word of column j of padded row r
+            auto source = [&](int g, int r, int j) {
+                return a.act + g * a.image_words + (size_t(r) * a.wp + px + size_t(s) * j) * P;
+            };
             // positions [jb, je) of phase row rr: padded row s * (a.oy + rr) + py (rr and jb
             // divided out once per phase, not per row: op 5's rows have only 17 pixels)
             int rr = int(q0 / wq), jb = int(q0 - size_t(rr) * wq);
@@ -257,8 +261,8 @@ static void expand_range(const Source& a, int st, size_t q0, size_t n, int8_t* d
                     while (q + size_t(rows + 1) * wq <= q0 + n && s * (a.oy + rr + rows) + py < a.hp) ++rows;
                     if (rows > 0) {
                         const int r = s * (a.oy + rr) + py;
-                        expand_rows(a.act + st * a.image_words + (size_t(r) * a.wp + px) * P, size_t(s) * P, wq, P,
-                                    phase + (q - q0) * pb, pb, rows, size_t(s) * a.wp * P, size_t(wq) * pb);
+                        expand_rows(source(st, r, 0), size_t(s) * P, wq, P, phase + (q - q0) * pb, pb, rows,
+                                    size_t(s) * a.wp * P, size_t(wq) * pb);
                         q += size_t(rows) * wq;
                         rr += rows - 1;  // and the loop's ++rr
                         continue;
@@ -277,9 +281,8 @@ static void expand_range(const Source& a, int st, size_t q0, size_t n, int8_t* d
                         continue;
                     }
                     const int in_row = std::max(lo, std::min(hi, in_cols));
-                    if (in_row > lo) {  // (src formed only then: it may lie past the map otherwise)
-                        const uint64_t* src = a.act + g * a.image_words + (size_t(r) * a.wp + px + size_t(s) * lo) * P;
-                        expand_rows(src, size_t(s) * P, in_row - lo, P, out, out_step);
+                    if (in_row > lo) {  // (the source formed only then: it may lie past the map otherwise)
+                        expand_rows(source(g, r, lo), size_t(s) * P, in_row - lo, P, out, out_step);
                     }
                     zero(out + size_t(in_row - lo) * out_step, hi - in_row);
                 }
