@@ -14,10 +14,12 @@ ISAS = [i["name"] for i in implementations() if i["supported"]]
 RNG = np.random.default_rng(0)
 
 
-def bconv_op(cin, cout, stride=1, residual=mf.RES_NONE, relu=False, k=3, pad=1, rng=RNG):
+def bconv_op(cin, cout, stride=1, residual=mf.RES_NONE, relu=False, k=3, pad=1, rng=RNG, in_scale="signed"):
     bits = mf.pack_bits(rng.random((cout, k, k, cin)) < 0.5)
-    # in_scale of both signs: the comparison direction flips with it
-    in_s = rng.choice([-1.0, 1.0], cin) * rng.uniform(0.5, 2, cin)
+    # in_scale of both signs (the comparison direction flips with it); "positive" and "unit"
+    # (Bi-Real's export) scales give the engine's sign thresholds (Prepared::sign_from)
+    in_s = {"signed": rng.choice([-1.0, 1.0], cin) * rng.uniform(0.5, 2, cin),
+            "positive": rng.uniform(0.5, 2, cin), "unit": np.ones(cin)}[in_scale]
     return mf.Op(mf.BCONV, [cin, cout, k, stride, pad, int(relu), residual],
                  [in_s.astype(np.float32), rng.normal(0, 0.3, cin).astype(np.float32), bits,
                   rng.uniform(0.01, 0.1, cout).astype(np.float32),
@@ -212,11 +214,58 @@ def test_downsampling_chains_are_bitwise_in_both_run_modes(isa, batch, threads, 
     ops = [bconv_op(cin, 64, stride, first_residual, relu),
            bconv_op(64, 128, 2, mf.RES_DOWNSAMPLE), bconv_op(128, 256, 2, mf.RES_DOWNSAMPLE, relu)]
     x = RNG.normal(0, 1, (batch, cin, 8 * stride, 16)).astype(np.float32)
+    assert_chain_is_float32s(ops, x, threads, isa)
+
+
+def assert_chain_is_float32s(ops, x, threads, isa):
+    """The engine's output of binary conv layers `ops` on x, bit for bit float32_bconv's."""
     want = x
     for op in ops:
         want = float32_bconv(op, want)
     got = Engine.from_bytes(mf.to_bytes(ops), threads=threads, isa=isa).run(x)
     np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("batch,threads", [(1, 2), (3, 2), (8, 1)])
+@pytest.mark.parametrize("in_scale", ["positive", "unit"])
+def test_sign_thresholds_pack_like_the_multiply_add(isa, batch, threads, in_scale):
+    """With every input scale of the next layer positive, the tile kernels' fused epilogues pack
+    its sign as y >= t (a threshold per channel found once, Prepared::sign_from) instead of
+    y * s + b >= 0: bit for bit the same floats as PyTorch's float32 through identity and
+    downsampling layers, in both run modes."""
+    rng = np.random.default_rng([batch, threads, len(in_scale)])
+    ops = [bconv_op(64, 64, 1, mf.RES_IDENTITY, rng=rng, in_scale=in_scale),
+           bconv_op(64, 128, 2, mf.RES_DOWNSAMPLE, rng=rng, in_scale=in_scale),
+           bconv_op(128, 128, 1, mf.RES_IDENTITY, rng=rng, in_scale=in_scale),
+           bconv_op(128, 48, 1, rng=rng, in_scale=in_scale)]
+    assert_chain_is_float32s(ops, rng.normal(0, 1, (batch, 64, 8, 12)).astype(np.float32), threads, isa)
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("first", ["identity", "downsample"])
+@pytest.mark.parametrize("in_scale", ["positive", "unit"])
+def test_sign_exactly_at_the_threshold(isa, first, in_scale):
+    """The next layer's input biases set from the first layer's output at one pixel, so that
+    y * s + b is exactly 0 there (sign +) on some channels and one float below 0 (sign -) on
+    others: a threshold one float off flips those bits, and the second layer's output around
+    the pixel changes."""
+    rng = np.random.default_rng(len(first) + len(in_scale))
+    a = (bconv_op(64, 64, 1, mf.RES_IDENTITY, rng=rng) if first == "identity"
+         else bconv_op(64, 128, 2, mf.RES_DOWNSAMPLE, rng=rng))
+    x = rng.normal(0, 1, (3, 64, 8, 8)).astype(np.float32)
+    y = float32_bconv(a, x)
+    b = bconv_op(a.params[1], 32, rng=rng, in_scale=in_scale)
+    in_s, in_b = b.tensors[0], b.tensors[1].copy()
+    p = (y[1, :, 2, 1] * in_s).astype(np.float32)  # the products at one pixel of image 1
+    usable = np.flatnonzero((np.abs(p) >= 2.0**-19) & (np.abs(p) <= 2.0**19))
+    at, below = usable[0::2], usable[1::2]
+    in_b[at] = -p[at]  # p + b == 0: +
+    in_b[below] = np.nextafter(-p[below], np.float32(-np.inf))  # one float below 0: -
+    b.tensors[1] = in_b
+    assert np.all(p[at] + in_b[at] == 0) and np.all(p[below] + in_b[below] < 0)
+    got = Engine.from_bytes(mf.to_bytes([a, b]), threads=1, isa=isa).run(x)
+    np.testing.assert_array_equal(got, float32_bconv(b, y))
 
 
 @pytest.mark.parametrize("isa", ISAS)

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <atomic>
 #include <chrono>
+#include <cmath>
 #include <cstring>
 #include <functional>
 #include <map>
@@ -80,6 +81,46 @@ int row_parts(const Kernels& K, int out_h, int n, int threads) {
 // First row of part `part` of `parts`: balanced, part sizes differ by at most one row.
 int part_start(int part, int parts, int out_h) { return int(int64_t(part) * out_h / parts); }
 
+// Per channel, the smallest float t with y * s + b >= 0 for every y >= t and for no y < t
+// (Prepared::sign_from), so that an epilogue may pack the sign with one comparison; or none
+// (empty) unless every s and |b| lies in [2^-20, 2^20]. Why it holds: with s > 0 the product
+// y * s, then the sum, each rounded to nearest, never decrease as y grows, so the floats whose
+// sign is + form an interval up to +inf, and a binary search over the floats in order finds its
+// start. The range keeps it true whatever the denormal flags: a denormal y, or y * s, adds less
+// than half an ulp of b (flushed to 0 or not, the sum rounds to b), and t (about -b / s) is
+// itself a normal float or 0.
+static aligned_vector<float> sign_thresholds(const float* s, const float* b, int n) {
+    auto key = [](float f) {  // the floats in order as unsigned integers (-0 just below +0)
+        uint32_t u;
+        std::memcpy(&u, &f, 4);
+        return u & 0x80000000u ? ~u : u | 0x80000000u;
+    };
+    auto value = [](uint32_t k) {
+        const uint32_t u = k & 0x80000000u ? k & 0x7fffffffu : ~k;
+        float f;
+        std::memcpy(&f, &u, 4);
+        return f;
+    };
+    const float small = 0x1p-20f, large = 0x1p20f;
+    aligned_vector<float> t(n);
+    for (int c = 0; c < n; ++c) {
+        const float sc = s[c], bc = b[c];
+        if (!(sc >= small && sc <= large && std::fabs(bc) >= small && std::fabs(bc) <= large)) return {};
+        // as the kernels compute it: a product, then a sum (no contraction: -ffp-contract=off)
+        auto positive = [&](float y) {
+            const float p = y * sc;
+            return p + bc >= 0.f;
+        };
+        uint32_t lo = key(-INFINITY), hi = key(INFINITY);  // positive(lo) false, positive(hi) true
+        while (hi - lo > 1) {
+            const uint32_t mid = lo + (hi - lo) / 2;
+            (positive(value(mid)) ? hi : lo) = mid;
+        }
+        t[c] = value(hi);
+    }
+    return t;
+}
+
 std::unique_ptr<Prepared> prepare(const Op& op, bool int8_weights) {
     auto p = std::make_unique<Prepared>();
     const int kk = op.k * op.k;
@@ -96,6 +137,7 @@ std::unique_ptr<Prepared> prepare(const Op& op, bool int8_weights) {
         p->cout_blocks = (op.cout + kLanes - 1) / kLanes;
         p->bin_weight.assign(size_t(p->cout_blocks) * kk * P * kLanes, 0);
         p->tap_popcount.assign(size_t(op.cout) * kk, 0);
+        p->sign_from = sign_thresholds(op.tensors[0].f32(), op.tensors[1].f32(), op.cin);
         for (int o = 0; o < op.cout; ++o)
             for (int t = 0; t < kk; ++t)
                 for (int q = 0; q < P; ++q) {
@@ -184,9 +226,10 @@ void head(const Layer& L, const float* in, int n, float* out) {
     const float* fw = op.tensors[2].f32();
     const float* fb = op.tensors[3].f32();
     std::vector<float> z(C, 0.f);
-    const float* x = in + n * L.act_image;
-    for (int i = 0; i < HW; ++i)
-        for (int c = 0; c < C; ++c) z[c] += std::max(x[size_t(i) * C + c] * s[c] + b[c], 0.f);
+    for (int i = 0; i < HW; ++i) {
+        const float* x = L.in_at(in, n, i / L.in_w, i % L.in_w);
+        for (int c = 0; c < C; ++c) z[c] += std::max(x[c] * s[c] + b[c], 0.f);
+    }
     for (int c = 0; c < C; ++c) z[c] /= float(HW);
     // All K sums advance together, each over c in order: the same floats as one class after
     // another, without waiting on one add chain at a time.
@@ -301,7 +344,7 @@ Engine::Workspace* Engine::acquire(int n, int h, int w) {
     int ch = h, cw = w;
     for (size_t j = 0; j < compute.size(); ++j) {
         const Op& op = model_.ops[compute[j]];
-        Layer L{&op, prepared_[compute[j]].get(), ch, cw, 1, 1, false, nullptr, {}, {}, 0, {}, {}};
+        Layer L{&op, prepared_[compute[j]].get(), ch, cw, 1, 1, false, nullptr, nullptr, {}, {}, 0, {}, {}};
         if (op.kind == OpKind::BConv) {  // the first binary conv's input is packed before it
             const size_t words = (op.cin + 63) / 64;
             max_bits = std::max(max_bits, size_t(n) * (ch + 2 * op.pad) * (cw + 2 * op.pad) * words);
@@ -319,6 +362,7 @@ Engine::Workspace* Engine::acquire(int n, int h, int w) {
         const Op* next = j + 1 < compute.size() ? &model_.ops[compute[j + 1]] : nullptr;
         L.float_out = !next || next->kind != OpKind::BConv || next->residual != Residual::None;
         L.next_bconv = next && next->kind == OpKind::BConv ? next : nullptr;
+        if (L.next_bconv) L.next_prep = prepared_[compute[j + 1]].get();
         if (op.kind == OpKind::BConv) {
             build_border_table(L);
             max_pop = std::max(max_pop, size_t(L.out_w) * L.prep->cout_blocks * kLanes);
@@ -360,6 +404,22 @@ Engine::Workspace* Engine::acquire(int n, int h, int w) {
     // each image's slot in the buffers (Layer::act_image), on cache lines
     const size_t act_slot = (max_act / n + 15) / 16 * 16, bits_slot = (max_bits / n + 7) / 8 * 8;
     for (Layer& L : ws->layers) L.act_image = act_slot, L.bits_image = bits_slot;
+    // Row pitches of the float maps (Layer::in_pitch): the input dense; a layer's output over its
+    // input (writes_over_input, the same answer run_graph gets) keeps the input's pitch for an
+    // identity shortcut and takes stride times it for a downsampling layer (each output pixel
+    // over the first row of its window); other outputs dense, in the other buffer.
+    size_t pitch = size_t(w) * input_channels();
+    for (Layer& L : ws->layers) {
+        L.in_pitch = pitch;
+        if (L.op->kind == OpKind::Head) break;
+        const bool over = writes_over_input(L, n, !ws->image_major);
+        L.out_pitch = !over ? size_t(L.out_w) * L.op->cout
+                      : L.op->residual == Residual::Identity ? pitch : size_t(L.op->stride) * pitch;
+        // (an output over its input stays inside the input map: in = stride * out on each side)
+        if (size_t(L.out_h - 1) * L.out_pitch + size_t(L.out_w) * L.op->cout > act_slot)
+            throw std::logic_error("a float map past its image's slot");
+        pitch = L.out_pitch;
+    }
     ws->buffers.resize(ws->image_major ? threads : 1);
     for (Buffers& b : ws->buffers) {
         for (auto& a : b.act) a.assign(act_slot * group, 0.f);
@@ -442,7 +502,7 @@ void Engine::run_graph(Workspace& ws, Buffers& buf, int n, int first_img, float*
 #pragma omp parallel for schedule(static) num_threads(threads) if (parallel)
         for (int r = 0; r < n * first.in_h; ++r) {
             const int img = img0 + r / first.in_h, yy = r % first.in_h;
-            K.pack_row(buf.act[0].data() + img * first.act_image + size_t(yy) * first.in_w * C, C, first.in_h,
+            K.pack_row(first.in_at(buf.act[0].data(), img, yy, 0), C, first.in_h,
                        first.in_w, *first.op, buf.bits[0].data() + img * first.bits_image, yy);
         }
     }
@@ -487,7 +547,7 @@ void Engine::run_graph(Workspace& ws, Buffers& buf, int n, int first_img, float*
     for (int i = img0; i < img0 + n; ++i)
         for (int p = 0; p < HW; ++p)
             for (int c = 0; c < C; ++c)
-                out[(size_t(first_img + i) * C + c) * HW + p] = a[i * last.act_image + size_t(p) * C + c];
+                out[(size_t(first_img + i) * C + c) * HW + p] = last.out_at(a, i, p / last.out_w, p % last.out_w)[c];
 }
 
 void Engine::execute(Workspace& ws, const std::function<void(float*, int)>& fill, float* out) {

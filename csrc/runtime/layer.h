@@ -26,6 +26,12 @@ struct Prepared {
     // [cout/16][k*k][P][16 rows = 4-channel groups][16 outputs x 4 channels].
     aligned_vector<int8_t> amx_weight;
     aligned_vector<int32_t> amx_wsum;  // per output (16 per block, 0 past cout): the sum of its int8 weights
+    // BConv: per input channel, where the sign of its input y * s + b (tensors 0 and 1) turns
+    // +: y >= sign_from[c] exactly when y * s + b >= 0 (engine.cpp, sign_thresholds), one
+    // comparison instead of three for the epilogue that packs this layer's input (the tile
+    // kernels' fused ones); empty where that is not certain (some s or |b| outside
+    // [2^-20, 2^20]: a negative s among them, and 0).
+    aligned_vector<float> sign_from;
     int words = 0, cout_blocks = 0;
 };
 
@@ -35,6 +41,7 @@ struct Layer {
     int in_h, in_w, out_h, out_w;
     bool float_out;        // the next op (or the caller) needs this op's float output
     const Op* next_bconv;  // pack the output for this binary conv (null: don't)
+    const Prepared* next_prep = nullptr;  // next_bconv's
     // BConv only: border classes of output rows/columns and, per (row class, column class), the
     // number of valid taps and per output channel the weight popcount on invalid taps.
     std::vector<int> row_class, col_class;
@@ -50,6 +57,20 @@ struct Layer {
     // of the largest map, so no layer writes into another image's data (a layer may then write
     // over its input, and groups of images may run part of the graph one after another).
     size_t act_image = 0, bits_image = 0;
+    // Floats from one row of the input (output) float map to the next within an image's slot:
+    // in_w * cin (out_w * cout) for a dense map. A downsampling layer that writes over its input
+    // puts each output pixel over the first row of its own pooled window, which it has just read
+    // (so the stores find their lines in L1): its output row m lies over input row stride * m,
+    // and the layers after it keep that pitch (Engine::acquire).
+    size_t in_pitch = 0, out_pitch = 0;
+    // Where pixel (row, col) of image img starts in the input (output) float map at base.
+    const float* in_at(const float* base, int img, int row, int col) const {
+        return base + img * act_image + size_t(row) * in_pitch + size_t(col) * op->cin;
+    }
+    template <class T>  // float or const float
+    T* out_at(T* base, int img, int row, int col) const {
+        return base + img * act_image + size_t(row) * out_pitch + size_t(col) * op->cout;
+    }
     // The border class of output pixel (oy, ox): the index into valid_taps and invalid_popcount.
     size_t border_class(int oy, int ox) const { return size_t(row_class[oy]) * col_classes + col_class[ox]; }
 };
