@@ -246,24 +246,29 @@ def test_sign_thresholds_pack_like_the_multiply_add(isa, batch, threads, in_scal
 @pytest.mark.parametrize("first", ["identity", "downsample"])
 @pytest.mark.parametrize("in_scale", ["positive", "unit"])
 def test_sign_exactly_at_the_threshold(isa, first, in_scale):
-    """The next layer's input biases set from the first layer's output at one pixel, so that
-    y * s + b is exactly 0 there (sign +) on some channels and one float below 0 (sign -) on
-    others: a threshold one float off flips those bits, and the second layer's output around
-    the pixel changes."""
+    """The second layer's input biases set from the first layer's output so that y * s + b is
+    exactly 0 (sign +) on some channels and one float below 0 (sign -) on others, at an interior
+    pixel (the tile kernels' interior run) and at a border one: a threshold one float off flips
+    those bits (surely with unit scales, where every y has its own product) and the output
+    around the pixel changes. The second layer has an identity shortcut, so the first writes its
+    float output and packs in the fused epilogue."""
     rng = np.random.default_rng(len(first) + len(in_scale))
     a = (bconv_op(64, 64, 1, mf.RES_IDENTITY, rng=rng) if first == "identity"
          else bconv_op(64, 128, 2, mf.RES_DOWNSAMPLE, rng=rng))
     x = rng.normal(0, 1, (3, 64, 8, 8)).astype(np.float32)
     y = float32_bconv(a, x)
-    b = bconv_op(a.params[1], 32, rng=rng, in_scale=in_scale)
+    c = a.params[1]
+    b = bconv_op(c, c, 1, mf.RES_IDENTITY, rng=rng, in_scale=in_scale)
     in_s, in_b = b.tensors[0], b.tensors[1].copy()
-    p = (y[1, :, 2, 1] * in_s).astype(np.float32)  # the products at one pixel of image 1
-    usable = np.flatnonzero((np.abs(p) >= 2.0**-19) & (np.abs(p) <= 2.0**19))
-    at, below = usable[0::2], usable[1::2]
-    in_b[at] = -p[at]  # p + b == 0: +
-    in_b[below] = np.nextafter(-p[below], np.float32(-np.inf))  # one float below 0: -
+    groups = np.array_split(rng.permutation(c), 4)
+    for (yy, xx), at, below in (((2, 1), groups[0], groups[1]), ((0, 0), groups[2], groups[3])):
+        p = (y[1, :, yy, xx] * in_s).astype(np.float32)  # the products at one pixel of image 1
+        ok = (np.abs(p) >= 2.0**-19) & (np.abs(p) <= 2.0**19)
+        at, below = at[ok[at]], below[ok[below]]
+        in_b[at] = -p[at]  # p + b == 0: +
+        in_b[below] = np.nextafter(-p[below], np.float32(-np.inf))  # one float below 0: -
+        assert np.all(p[at] + in_b[at] == 0) and np.all(p[below] + in_b[below] < 0)
     b.tensors[1] = in_b
-    assert np.all(p[at] + in_b[at] == 0) and np.all(p[below] + in_b[below] < 0)
     got = Engine.from_bytes(mf.to_bytes([a, b]), threads=1, isa=isa).run(x)
     np.testing.assert_array_equal(got, float32_bconv(b, y))
 

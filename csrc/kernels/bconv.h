@@ -48,10 +48,13 @@ struct Kernels {
     // Whole maps of `count` images from img0 of a layer in one call (null: the executor calls
     // layer_rows per image): a binary conv's weights, once in cache, serve every image's pixels.
     void (*layer_images)(const Layer&, const LayerIO&, int img0, int count, Scratch&) = nullptr;
-    // Whether layer_images, on `count` images, may write this downsampling layer's float output
-    // over its input (LayerIO::act_out == act_in; null: never): its pixel order reads every input
-    // window of an image before an output overwrites it. Saves the output's write misses (a map that is
-    // otherwise cold) and leaves the next layer's input where the last one was read.
+    // Whether layer_images may write this downsampling layer's float output over its input
+    // (LayerIO::act_out == act_in; null: never), for any `count` (the executor decides once per
+    // plan, Layer::in_place). The executor then gives the output stride times the input's row
+    // pitch (Layer::out_pitch), so each output pixel lies over the first row of its own pooled
+    // window, and the kernel must read a pixel's whole window before storing that pixel. The
+    // stores then find the lines just read in cache. (layer_rows cannot: bconv_epilogue writes a
+    // whole output row before the shortcut reads its windows.)
     bool (*pool_over_input)(const Layer&, int count) = nullptr;
     // How many pixel tiles (16 output pixels each) layer_images computes for this layer on
     // `count` images in one call, dropped columns included (null, or 0: it computes none).

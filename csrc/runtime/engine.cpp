@@ -242,7 +242,7 @@ void head(const Layer& L, const float* in, int n, float* out) {
 }  // namespace
 
 struct Engine::Buffers {
-    aligned_vector<float> act[2];      // float activations, per image slot NHWC (ping-pong)
+    aligned_vector<float> act[2];      // float activations, per image slot NHWC, rows Layer::in_pitch apart (ping-pong)
     aligned_vector<uint64_t> bits[2];  // packed activations, per image slot [H+2p][W+2p][P] (ping-pong)
 };
 
@@ -405,14 +405,15 @@ Engine::Workspace* Engine::acquire(int n, int h, int w) {
     const size_t act_slot = (max_act / n + 15) / 16 * 16, bits_slot = (max_bits / n + 7) / 8 * 8;
     for (Layer& L : ws->layers) L.act_image = act_slot, L.bits_image = bits_slot;
     // Row pitches of the float maps (Layer::in_pitch): the input dense; a layer's output over its
-    // input (writes_over_input, the same answer run_graph gets) keeps the input's pitch for an
-    // identity shortcut and takes stride times it for a downsampling layer (each output pixel
-    // over the first row of its window); other outputs dense, in the other buffer.
+    // input (writes_over_input, decided here once for run_graph and plan: Layer::in_place) keeps
+    // the input's pitch for an identity shortcut and takes stride times it for a downsampling
+    // layer (each output pixel over the first row of its window); other outputs dense, in the
+    // other buffer.
     size_t pitch = size_t(w) * input_channels();
     for (Layer& L : ws->layers) {
         L.in_pitch = pitch;
         if (L.op->kind == OpKind::Head) break;
-        const bool over = writes_over_input(L, n, !ws->image_major);
+        const bool over = L.in_place = writes_over_input(L, n, !ws->image_major);
         L.out_pitch = !over ? size_t(L.out_w) * L.op->cout
                       : L.op->residual == Residual::Identity ? pitch : size_t(L.op->stride) * pitch;
         // (an output over its input stays inside the input map: in = stride * out on each side)
@@ -471,7 +472,7 @@ std::vector<Engine::Step> Engine::plan(int n, int h, int w) {
         const Layer& L = ws->layers[li];
         const int images = !ws->image_major ? 0 : li < ws->split ? ws->call : ws->group;
         const int tiles = images && K.pixel_tiles ? K.pixel_tiles(L, images) : 0;
-        steps.push_back({images, writes_over_input(L, images ? images : n, !ws->image_major), tiles});
+        steps.push_back({images, L.in_place, tiles});
     }
     return steps;
 }
@@ -517,7 +518,7 @@ void Engine::run_graph(Workspace& ws, Buffers& buf, int n, int first_img, float*
         }
         const bool over_input = L.float_out && L.op->kind == OpKind::BConv &&
                                 L.op->residual == Residual::Identity;
-        const bool in_place = writes_over_input(L, n, parallel);
+        const bool in_place = L.in_place;  // decided with the pitches (acquire)
         float* const act_out = !L.float_out ? nullptr : in_place ? buf.act[fa].data() : buf.act[1 - fa].data();
         const LayerIO io{in, buf.bits[ba].data(), act_out, L.next_bconv ? buf.bits[1 - ba].data() : nullptr,
                          over_input};

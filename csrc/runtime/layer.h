@@ -63,6 +63,7 @@ struct Layer {
     // (so the stores find their lines in L1): its output row m lies over input row stride * m,
     // and the layers after it keep that pitch (Engine::acquire).
     size_t in_pitch = 0, out_pitch = 0;
+    bool in_place = false;  // the output is written over the input (Engine::writes_over_input)
     // Where pixel (row, col) of image img starts in the input (output) float map at base.
     const float* in_at(const float* base, int img, int row, int col) const {
         return base + img * act_image + size_t(row) * in_pitch + size_t(col) * op->cin;
@@ -77,14 +78,14 @@ struct Layer {
 
 // Inputs and outputs of one layer for one batch, and per-thread scratch.
 struct LayerIO {
-    const float* act_in;      // NHWC float input
+    const float* act_in;      // NHWC float input (rows Layer::in_pitch floats apart)
     const uint64_t* bits_in;  // packed, zero-bordered input (BConv)
-    float* act_out;           // NHWC float output, or null when no one needs it
+    float* act_out;           // NHWC float output (rows out_pitch apart), or null when no one needs it
     uint64_t* bits_out;       // packed output for L.next_bconv, or null
     // act_out == act_in, for a binary conv with an identity shortcut: y is written over x, and the
     // epilogue adds x where it stores y instead of adding the shortcut afterwards.
     // (A downsampling layer's act_out may be act_in too, where its kernel says it can:
-    // Kernels::pool_over_input.)
+    // Kernels::pool_over_input, Layer::in_place.)
     bool over_input = false;
 };
 
