@@ -137,7 +137,6 @@ std::unique_ptr<Prepared> prepare(const Op& op, bool int8_weights) {
         p->cout_blocks = (op.cout + kLanes - 1) / kLanes;
         p->bin_weight.assign(size_t(p->cout_blocks) * kk * P * kLanes, 0);
         p->tap_popcount.assign(size_t(op.cout) * kk, 0);
-        p->sign_from = sign_thresholds(op.tensors[0].f32(), op.tensors[1].f32(), op.cin);
         for (int o = 0; o < op.cout; ++o)
             for (int t = 0; t < kk; ++t)
                 for (int q = 0; q < P; ++q) {
@@ -163,6 +162,8 @@ std::unique_ptr<Prepared> prepare(const Op& op, bool int8_weights) {
             for (int o = 0; o < op.cout; ++o)
                 for (int t = 0; t < kk; ++t)
                     p->amx_wsum[o] += 2 * p->tap_popcount[size_t(o) * kk + t] - op.cin;
+            // for the tile kernels' fused epilogues: the layer before packs this one's input
+            p->sign_from = sign_thresholds(op.tensors[0].f32(), op.tensors[1].f32(), op.cin);
         }
     }
     return p;

@@ -26,7 +26,7 @@ struct Prepared {
     // [cout/16][k*k][P][16 rows = 4-channel groups][16 outputs x 4 channels].
     aligned_vector<int8_t> amx_weight;
     aligned_vector<int32_t> amx_wsum;  // per output (16 per block, 0 past cout): the sum of its int8 weights
-    // BConv: per input channel, where the sign of its input y * s + b (tensors 0 and 1) turns
+    // BConv, AMX kernels only: per input channel, where the sign of its input y * s + b (tensors 0 and 1) turns
     // +: y >= sign_from[c] exactly when y * s + b >= 0 (engine.cpp, sign_thresholds), one
     // comparison instead of three for the epilogue that packs this layer's input (the tile
     // kernels' fused ones); empty where that is not certain (some s or |b| outside
