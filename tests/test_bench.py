@@ -1,6 +1,7 @@
 """End-to-end benchmark plumbing on tiny data: every row runs in its own process, agrees with
 pytorch-bnn, and reports every number; OpenVINO's BinaryConvolution model matches our engine."""
 import json
+import time
 
 import numpy as np
 import pytest
@@ -114,16 +115,22 @@ def test_bench_kernels_reports_every_op_of_the_run(files, tmp_path):
     the whole network's time."""
     from xnornet.bench import bench_kernels, format_kernels, plot_kernels
     _, _, model, _ = files
-    result = bench_kernels(model, batch=2, repeats=1, progress=False)
+    result = bench_kernels(model, batch=2, repeats=3, progress=False)
     binary = [i for i, op, _, _ in mf.layer_shapes(mf.read_model(model)) if op.kind == mf.BCONV]
     assert [r["op"] for r in result["layers"]] == binary
     assert all(r["engine_ms"] > 0 and r["torch_fp32_ms"] > 0 and r["speedup"] > 0 for r in result["layers"])
+    # the speed-ups are medians of the per-round ratios, inside their range
+    for r in result["layers"] + [{"speedup": result["network_speedup"],
+                                  "speedup_range": result["network_speedup_range"]}]:
+        low, high = r["speedup_range"]
+        assert 0 < low <= r["speedup"] <= high
     assert [o["kind"] for o in result["other_ops"]] == ["conv_fp", "head"]
     parts = sum(r["engine_ms"] for r in result["layers"]) + sum(o["engine_ms"] for o in result["other_ops"])
     assert 0 < parts <= 1.5 * result["engine_total_ms"]
     text = format_kernels(result)
     assert "engine time by part: binary convs" in text and "float conv 3 -> 64" in text
     assert text.count("\n| ") == len(binary) + 1  # header and one row per binary conv
+    assert "3 interleaved rounds" in text and f"(rounds: {result['network_speedup_range'][0]:.1f}-" in text
     plot_kernels(result, tmp_path / "k.png")
     assert (tmp_path / "k.png").stat().st_size > 0
 
@@ -166,3 +173,26 @@ def test_bench_refuses_an_fp32_model_file_or_a_binary_teacher(files, capsys, mon
     assert cli.main(["bench", "--model-file", str(model), "--teacher", str(student), "--quick"]) == 2
     err = capsys.readouterr().err
     assert "holds a bireal model, not the fp32 teacher" in err
+
+
+def test_kernel_rounds_interleave_the_engine_and_pytorch():
+    """Each round times the engine, then every PyTorch run (each called twice, timed the second
+    time), so a ratio compares two times taken moments apart."""
+    from types import SimpleNamespace
+
+    from xnornet.bench import interleaved_rounds
+    log = []
+    native = SimpleNamespace(set_profiling=lambda on: log.append(f"profiling {on}"),
+                             last_profile=lambda: [len(log)])
+    engine = SimpleNamespace(_native=native, run=lambda images: log.append("engine"))
+    def slow_first_call():  # each round's first call of "torch a" is the slow one, untimed
+        log.append("torch a")
+        if log.count("torch a") % 2:
+            time.sleep(0.05)
+    runs = [slow_first_call, lambda: log.append("torch b")]
+    totals, per_op, torch_times = interleaved_rounds(engine, None, runs, 3, progress=False)
+    round_ = ["engine", "torch a", "torch a", "torch b", "torch b"]
+    assert log == ["profiling True", "engine"] + round_ * 3 + ["profiling False"]
+    assert totals.shape == (3,) and torch_times.shape == (3, 2) and per_op.shape == (3, 1)
+    assert list(per_op[:, 0]) == [3, 8, 13]  # each round's own profile, read right after its run
+    assert torch_times.max() < 0.04  # the second call of each pair is the one timed

@@ -69,50 +69,90 @@ def profiled_runs(engine, images, repeats: int):
     return total, np.median(np.array(per_op), axis=0)
 
 
+def interleaved_rounds(engine, images, torch_runs, repeats: int, progress: bool = True):
+    """`repeats` rounds, each one profiled whole-network run of the engine, then each of
+    `torch_runs` twice, timed the second time, so that every ratio compares two times taken
+    seconds apart, not minutes: this VM's pace drifts by 10-30% within minutes. (A PyTorch conv
+    called right after one of another shape can take 25% longer, its output's pages fresh from
+    the allocator; called twice, it runs as in a loop of itself.) Returns the engine's seconds
+    per round, its per-op profile per round [round][op] and the seconds of each torch run per
+    round [round][run]."""
+    from tqdm import tqdm
+    engine._native.set_profiling(True)
+    engine.run(images)
+    totals, per_op, torch_times = [], [], []
+    for _ in tqdm(range(repeats), desc="rounds (engine, then PyTorch)", disable=not progress):
+        t = time.perf_counter()
+        engine.run(images)
+        totals.append(time.perf_counter() - t)
+        per_op.append(engine._native.last_profile())
+        row = []
+        for run in torch_runs:
+            run()
+            t = time.perf_counter()
+            run()
+            row.append(time.perf_counter() - t)
+        torch_times.append(row)
+    engine._native.set_profiling(False)
+    return np.array(totals), np.array(per_op), np.array(torch_times)
+
+
 def bench_kernels(model_path, batch=128, threads=1, repeats=5, isa=None, progress=True) -> dict:
     """Per binary conv layer: engine time inside the fused whole-network run (per-op profile)
-    vs torch.nn.functional.conv2d in FP32 on the same shape; binary GMAC/s; share of peak."""
+    vs torch.nn.functional.conv2d in FP32 on the same shape (channels-last, PyTorch's faster
+    layout here); binary GMAC/s; share of peak. Engine and PyTorch are timed in interleaved
+    rounds (interleaved_rounds): each speed-up is the median of the per-round ratios, with their
+    range; times are medians over the rounds."""
     import torch
-    from tqdm import tqdm
 
     from .engine import Engine, _engine, implementations
+    from .filemodel import FileModel
     torch.set_num_threads(threads)
     ops = mf.read_model(model_path)
     engine = Engine.load(model_path, threads=threads, isa=isa)
     images = np.random.default_rng(0).integers(0, 256, (batch, 32, 32, 3), dtype=np.uint8)
-    total, per_op = profiled_runs(engine, images, repeats)
-    peak = _engine.peak_binary_macs(engine.isa, 1.0)
-    xor_isa = xor_peak_isa(implementations())
-    xor_peak = peak if engine.isa not in PEAK_LOOPS else _engine.peak_binary_macs(xor_isa, 1.0)
-    rows, others = [], []
     shapes = mf.layer_shapes(ops)
-    for j, (i, op, h, w) in enumerate(tqdm(shapes, desc="torch convs", disable=not progress)):
-        if op.kind != mf.BCONV:  # the float stem conv, the head: their share of the run, for the record
-            others.append({"op": i, "kind": mf.OP_NAMES[op.kind], "params": list(op.params[:2]),
-                           "engine_ms": 1e3 * float(per_op[j])})
-            continue
+    binary = [(j, i, op, h, w) for j, (i, op, h, w) in enumerate(shapes) if op.kind == mf.BCONV]
+
+    def conv(op, h, w):
         cin, cout, k, stride, pad = op.params[:5]
         x = torch.randn(batch, cin, h, w).to(memory_format=torch.channels_last)
         weight = torch.randn(cout, cin, k, k).to(memory_format=torch.channels_last)
-        with torch.no_grad():
-            t_torch = median_time(lambda: torch.nn.functional.conv2d(x, weight, None, stride, pad), repeats)
-        ho, wo = (h + 2 * pad - k) // stride + 1, (w + 2 * pad - k) // stride + 1
-        macs = batch * ho * wo * cout * cin * k * k
-        t_engine = float(per_op[j])
-        rows.append({"op": i, "cin": cin, "cout": cout, "stride": stride, "in_hw": [h, w],
-                     "macs": macs, "engine_ms": 1e3 * t_engine, "torch_fp32_ms": 1e3 * t_torch,
-                     "speedup": t_torch / t_engine, "binary_gmacs": macs / t_engine / 1e9,
-                     "peak_fraction": macs / t_engine / peak, "xor_peak_fraction": macs / t_engine / xor_peak})
-    from .filemodel import FileModel
+        return lambda: torch.nn.functional.conv2d(x, weight, None, stride, pad)
+
     fp32 = FileModel.load(model_path, binary_as_float=True).to(memory_format=torch.channels_last)
     x = torch.randn(batch, 3, 32, 32).to(memory_format=torch.channels_last)
+    runs = [lambda: fp32(x)] + [conv(op, h, w) for _, _, op, h, w in binary]
     with torch.no_grad():
-        t_fp32 = median_time(lambda: fp32(x), repeats)
+        totals, per_op, torch_times = interleaved_rounds(engine, images, runs, repeats, progress)
+    peak = _engine.peak_binary_macs(engine.isa, 1.0)
+    xor_isa = xor_peak_isa(implementations())
+    xor_peak = peak if engine.isa not in PEAK_LOOPS else _engine.peak_binary_macs(xor_isa, 1.0)
+    rows = []
+    for n, (j, i, op, h, w) in enumerate(binary):
+        cin, cout, k, stride, pad = op.params[:5]
+        ho, wo = (h + 2 * pad - k) // stride + 1, (w + 2 * pad - k) // stride + 1
+        macs = batch * ho * wo * cout * cin * k * k
+        t_engine, t_torch = float(np.median(per_op[:, j])), float(np.median(torch_times[:, n + 1]))
+        ratios = torch_times[:, n + 1] / per_op[:, j]
+        rows.append({"op": i, "cin": cin, "cout": cout, "stride": stride, "in_hw": [h, w],
+                     "macs": macs, "engine_ms": 1e3 * t_engine, "torch_fp32_ms": 1e3 * t_torch,
+                     "speedup": float(np.median(ratios)),
+                     "speedup_range": [float(ratios.min()), float(ratios.max())],
+                     "binary_gmacs": macs / t_engine / 1e9,
+                     "peak_fraction": macs / t_engine / peak, "xor_peak_fraction": macs / t_engine / xor_peak})
+    others = [{"op": i, "kind": mf.OP_NAMES[op.kind], "params": list(op.params[:2]),
+               "engine_ms": 1e3 * float(np.median(per_op[:, j]))}  # the float stem conv, the head
+              for j, (i, op, _, _) in enumerate(shapes) if op.kind != mf.BCONV]
+    network = torch_times[:, 0] / totals
     return {"machine": {"cpu": cpu_name(), "isa": engine.isa, "threads": threads,
                         "torch": torch.__version__},
             "batch": batch, "repeats": repeats, "peak_binary_gmacs": peak / 1e9,
             "xor_peak_isa": xor_isa, "xor_peak_binary_gmacs": xor_peak / 1e9,
-            "engine_total_ms": 1e3 * statistics.median(total), "torch_fp32_total_ms": 1e3 * t_fp32,
+            "engine_total_ms": 1e3 * float(np.median(totals)),
+            "torch_fp32_total_ms": 1e3 * float(np.median(torch_times[:, 0])),
+            "network_speedup": float(np.median(network)),
+            "network_speedup_range": [float(network.min()), float(network.max())],
             "layers": rows, "other_ops": others}
 
 
@@ -136,7 +176,7 @@ def format_kernels(result: dict) -> str:
     other = m["isa"] in PEAK_LOOPS  # a peak loop other than XOR-popcount: show both
     lines = [f"model: {result.get('model_file', '?')}",
              f"binary conv layers, batch {result['batch']}, {m['threads']} thread(s), ISA {m['isa']}, "
-             f"{m['cpu']}; median of {result['repeats']}",
+             f"{m['cpu']}; {result['repeats']} interleaved rounds (engine, then PyTorch), medians",
              f"peak ({PEAK_LOOPS.get(m['isa'], XOR_PEAK_LOOP)}): "
              f"{result['peak_binary_gmacs']:.0f} binary GMAC/s"]
     if other:
@@ -144,16 +184,19 @@ def format_kernels(result: dict) -> str:
                      f"{result['xor_peak_binary_gmacs']:.0f} binary GMAC/s")
     extra = " % of XOR-popcount peak |" if other else ""
     lines += ["",
-              "| op | cin -> cout | stride | input | engine ms | PyTorch FP32 ms | speed-up | binary GMAC/s | % of peak |" + extra,
-              "|---|---|---|---|---|---|---|---|---|" + ("---|" if other else "")]
+              "| op | cin -> cout | stride | input | engine ms | PyTorch FP32 ms | speed-up | rounds' range "
+              "| binary GMAC/s | % of peak |" + extra,
+              "|---|---|---|---|---|---|---|---|---|---|" + ("---|" if other else "")]
     for r in result["layers"]:
         lines.append(f"| {r['op']} | {r['cin']} -> {r['cout']} | {r['stride']} | {r['in_hw'][0]}x{r['in_hw'][1]} "
                      f"| {r['engine_ms']:.2f} | {r['torch_fp32_ms']:.2f} | {r['speedup']:.1f}x "
+                     f"| {_range(r['speedup_range'])} "
                      f"| {r['binary_gmacs']:.0f} | {100 * r['peak_fraction']:.0f}% |"
                      + (f" {100 * r['xor_peak_fraction']:.0f}% |" if other else ""))
     e, t = result["engine_total_ms"], result["torch_fp32_total_ms"]
     lines.append(f"\nwhole network per batch: engine {e:.1f} ms, PyTorch FP32 network of the same "
-                 f"shape {t:.1f} ms -> {t / e:.1f}x")
+                 f"shape {t:.1f} ms -> {result['network_speedup']:.1f}x "
+                 f"(rounds: {_range(result['network_speedup_range'])})")
     binary = sum(r["engine_ms"] for r in result["layers"])
     parts = [f"binary convs {binary:.1f} ms ({100 * binary / e:.0f}%)"]
     for o in result.get("other_ops", []):
@@ -164,6 +207,10 @@ def format_kernels(result: dict) -> str:
     parts.append(f"input conversion and the rest {rest:.1f} ms")
     lines.append("engine time by part: " + ", ".join(parts))
     return "\n".join(lines)
+
+
+def _range(r) -> str:
+    return f"{r[0]:.1f}-{r[1]:.1f}x"
 
 
 def plot_kernels(result: dict, path, targets=(15.0, 0.5)) -> None:
@@ -177,7 +224,10 @@ def plot_kernels(result: dict, path, targets=(15.0, 0.5)) -> None:
               for r in rows]
     xs = np.arange(len(rows))
     fig, (ax_speed, ax_peak) = plt.subplots(1, 2, figsize=(14, 4.8))
-    ax_speed.bar(xs, [r["speedup"] for r in rows], color="tab:blue")
+    speed = np.array([r["speedup"] for r in rows])
+    spread = np.array([r["speedup_range"] for r in rows]).T  # the rounds' lowest and highest
+    ax_speed.bar(xs, speed, yerr=[speed - spread[0], spread[1] - speed], capsize=3, color="tab:blue",
+                 label="median of the rounds (bars: their range)")
     ax_speed.axhline(targets[0], color="tab:red", ls="--", label=f"target {targets[0]:.0f}x")
     ax_speed.set(ylabel="x PyTorch FP32 conv", title="speed-up over PyTorch FP32, same shape")
     ax_peak.bar(xs, [100 * r["xor_peak_fraction"] for r in rows], color="tab:green")
@@ -192,7 +242,7 @@ def plot_kernels(result: dict, path, targets=(15.0, 0.5)) -> None:
     m = result["machine"]
     fig.suptitle(f"binary conv layers, batch {result['batch']}, {m['threads']} thread(s), "
                  f"{m['isa']}, {m['cpu']}: whole network "
-                 f"{result['torch_fp32_total_ms'] / result['engine_total_ms']:.1f}x PyTorch FP32")
+                 f"{result['network_speedup']:.1f}x PyTorch FP32")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

@@ -397,7 +397,8 @@ def add_bench(sub):
     k = bsub.add_parser("kernels", help="each binary conv layer: engine vs PyTorch FP32 conv, "
                         "binary GMAC/s, share of the measured XOR-popcount peak",
                         description="Time each binary conv layer of a model inside the whole-network "
-                        "run, against a PyTorch FP32 conv of the same shape in the same process; "
+                        "run, against a PyTorch FP32 conv of the same shape in the same process, "
+                        "the two timed in interleaved rounds; "
                         "report binary GMAC/s and the share of this CPU's peak, measured with a "
                         "register-only loop; then the whole network against the PyTorch FP32 "
                         "network of the same shape, and the engine's time by part (binary convs, "
@@ -410,7 +411,9 @@ def add_bench(sub):
     k.add_argument("--threads", dest="k_threads", metavar="THREADS", type=_positive, default=1,
                    help="engine and PyTorch threads (default 1: the per-layer targets are per core)")
     k.add_argument("--repeats", type=_positive, default=5,
-                   help="timed runs per layer; the median is reported (default 5)")
+                   help="rounds, each one whole-network engine run, then the PyTorch FP32 network "
+                   "and each layer's PyTorch conv once; each speed-up is the median of the rounds' "
+                   "ratios, shown with their range (default 5)")
     k.add_argument("--isa", choices=["amx+avx512", "amx", "avx512", "avx2", "generic"], default=None,
                    help="force a kernel implementation (default: $XNORNET_ISA, else the first "
                    "supported of amx+avx512, avx512, avx2, generic; amx only on request)")
