@@ -1,4 +1,4 @@
-"""python -m xnornet.plots: one chart from several runs' metrics.jsonl."""
+"""python -m xnornet.plots: one chart from several runs' metrics (run folders or CSV files)."""
 import json
 
 import pytest
@@ -21,9 +21,32 @@ def test_plot_runs_from_metrics_files(tmp_path):
 def test_missing_run_folder_or_output_folder_is_a_usage_error(tmp_path, capsys):
     with pytest.raises(SystemExit):
         plots.main(["--out", str(tmp_path / "x.png"), f"A={tmp_path / 'nothing'}"])
-    assert "metrics.jsonl does not exist" in capsys.readouterr().err
+    assert "nothing does not exist" in capsys.readouterr().err
     (tmp_path / "a").mkdir()
     (tmp_path / "a" / "metrics.jsonl").write_text(json.dumps({"epoch": 1, "test_acc": 0.5}) + "\n")
     with pytest.raises(SystemExit):
         plots.main(["--out", str(tmp_path / "nodir" / "x.png"), f"A={tmp_path / 'a'}"])
     assert "nodir does not exist" in capsys.readouterr().err
+
+
+def test_runs_from_csv_files_and_folders_with_only_a_csv(tmp_path, capsys):
+    """The per-epoch CSVs kept in docs/results/ plot as they are; a folder with only
+    metrics.csv too; a CSV without the columns is a usage error naming the file."""
+    table = "epoch,train_acc,test_acc\n1,0.3,0.40\n2,0.5,0.55\n"
+    (tmp_path / "run.csv").write_text(table)
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "metrics.csv").write_text(table)
+    assert plots.read_history(tmp_path / "run.csv") == [{"epoch": 1, "test_acc": 0.40},
+                                                        {"epoch": 2, "test_acc": 0.55}]
+    assert plots.read_history(tmp_path / "d") == plots.read_history(tmp_path / "run.csv")
+    out = tmp_path / "x.png"
+    assert plots.main(["--out", str(out), f"A={tmp_path / 'run.csv'}", f"B={tmp_path / 'd'}"]) == 0
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    (tmp_path / "bad.csv").write_text("epoch,loss\n1,2.0\n")
+    with pytest.raises(SystemExit):
+        plots.main(["--out", str(out), f"A={tmp_path / 'bad.csv'}"])
+    assert "bad.csv: expected a metrics CSV with columns epoch and test_acc" in capsys.readouterr().err
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(SystemExit):
+        plots.main(["--out", str(out), f"A={tmp_path / 'empty'}"])
+    assert "holds neither metrics.jsonl nor metrics.csv" in capsys.readouterr().err

@@ -73,25 +73,48 @@ def plot_confusion(confusion, classes, path: Path, title: str | None = None) -> 
     plt.close(fig)
 
 
-def main(argv=None) -> int:
-    """python -m xnornet.plots --out PNG NAME=RUN_DIR ...: one chart from runs' metrics.jsonl."""
-    import argparse
+def read_history(source: Path) -> list[dict]:
+    """A run's per-epoch metrics: a `xnornet train --out` folder (its metrics.jsonl, else
+    metrics.csv) or a metrics CSV file itself (as kept in docs/results/)."""
+    import csv
     import json
 
+    if source.is_dir():
+        jsonl, table = source / "metrics.jsonl", source / "metrics.csv"
+        if jsonl.is_file():
+            return [json.loads(line) for line in jsonl.read_text().splitlines() if line.strip()]
+        if not table.is_file():
+            raise ValueError(f"{source} holds neither metrics.jsonl nor metrics.csv "
+                             "(RUN is a `xnornet train --out` folder or a metrics CSV file)")
+        source = table
+    elif not source.is_file():
+        raise ValueError(f"{source} does not exist (RUN is a `xnornet train --out` folder or a metrics CSV file)")
+    with source.open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    if not rows or not {"epoch", "test_acc"} <= rows[0].keys():
+        raise ValueError(f"{source}: expected a metrics CSV with columns epoch and test_acc")
+    return [{"epoch": int(r["epoch"]), "test_acc": float(r["test_acc"])} for r in rows]
+
+
+def main(argv=None) -> int:
+    """python -m xnornet.plots --out PNG NAME=RUN ...: one chart of test accuracy per epoch, RUN
+    a `xnornet train --out` folder or a metrics CSV file (docs/results/*.csv)."""
+    import argparse
+
     ap = argparse.ArgumentParser(prog="python -m xnornet.plots", description=main.__doc__)
-    ap.add_argument("runs", nargs="+", help="NAME=RUN_DIR (a folder holding metrics.jsonl)")
+    ap.add_argument("runs", nargs="+", help="NAME=RUN (a run folder, or a metrics CSV file)")
     ap.add_argument("--out", required=True, help="PNG to write")
     ap.add_argument("--title")
     a = ap.parse_args(argv)
     runs = {}
     for spec in a.runs:
-        name, sep, folder = spec.partition("=")
+        name, sep, source = spec.partition("=")
         if not sep:
-            ap.error(f"expected NAME=RUN_DIR, got {spec!r}")
-        metrics = Path(folder) / "metrics.jsonl"
-        if not metrics.is_file():
-            ap.error(f"{name}: {metrics} does not exist (RUN_DIR is a `xnornet train --out` folder)")
-        runs[name] = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
+            ap.error(f"expected NAME=RUN, got {spec!r}")
+        try:
+            runs[name] = read_history(Path(source))
+        except ValueError as e:
+            ap.error(f"{name}: {e}")
     if not Path(a.out).parent.is_dir():
         ap.error(f"--out {a.out}: folder {Path(a.out).parent} does not exist")
     plot_runs(runs, Path(a.out), a.title)
