@@ -185,6 +185,7 @@ def test_kernel_rounds_interleave_the_engine_and_pytorch():
     native = SimpleNamespace(set_profiling=lambda on: log.append(f"profiling {on}"),
                              last_profile=lambda: [len(log)])
     engine = SimpleNamespace(_native=native, run=lambda images: log.append("engine"))
+
     def slow_first_call():  # each round's first call of "torch a" is the slow one, untimed
         log.append("torch a")
         if log.count("torch a") % 2:

@@ -412,8 +412,8 @@ def add_bench(sub):
                    help="engine and PyTorch threads (default 1: the per-layer targets are per core)")
     k.add_argument("--repeats", type=_positive, default=5,
                    help="rounds, each one whole-network engine run, then the PyTorch FP32 network "
-                   "and each layer's PyTorch conv once; each speed-up is the median of the rounds' "
-                   "ratios, shown with their range (default 5)")
+                   "and each layer's PyTorch conv (each called twice, timed the second time); each "
+                   "speed-up is the median of the rounds' ratios, shown with their range (default 5)")
     k.add_argument("--isa", choices=["amx+avx512", "amx", "avx512", "avx2", "generic"], default=None,
                    help="force a kernel implementation (default: $XNORNET_ISA, else the first "
                    "supported of amx+avx512, avx512, avx2, generic; amx only on request)")
