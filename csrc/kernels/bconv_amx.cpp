@@ -351,27 +351,37 @@ static void group(const Plan& pl, const size_t* at, int slot, int ob) {
 #undef XN_AMX_STEP
 
 // D for TP pixel tiles (at byte offsets a0, a1; group slots slot..) x OB output blocks (from
-// ob), TP, OB <= 2: per step TP + OB tile loads for TP * OB products (2x2: one load per
-// product, against 5 per 4 for group<4>; the tile loads, not the products, bound the loop).
+// ob), TP, OB <= 2, over steps [t0, t1): per step TP + OB tile loads for TP * OB products (2x2:
+// one load per product, against 5 per 4 for group<4>; the tile loads, not the products, bound
+// the loop). With `resume` the C tiles start from the D that the pass over the steps before t0
+// stored (see step_passes), else from zero.
 template <int TP, int OB>
-static void block(const Plan& pl, size_t a0, size_t a1, int slot, int ob) {
-    const int steps = static_cast<int>(pl.step_a.size());
+static void block(const Plan& pl, size_t a0, size_t a1, int slot, int ob, int t0, int t1, bool resume) {
     const int8_t* w = pl.w8 + size_t(ob) * pl.b_block;
-    _tile_zero(2);
-    if (TP > 1) _tile_zero(3);
-    if (OB > 1) _tile_zero(4);
-    if (TP > 1 && OB > 1) _tile_zero(5);
+    const long stride = 4l * pl.d_stride, tile = 16l * pl.d_stride;
+    int32_t* d = pl.d + 16 * ob + slot * tile;
+    if (resume) {
+        _tile_loadd(2, d, stride);
+        if (TP > 1) _tile_loadd(3, d + tile, stride);
+        if (OB > 1) _tile_loadd(4, d + 16, stride);
+        if (TP > 1 && OB > 1) _tile_loadd(5, d + tile + 16, stride);
+    } else {
+        _tile_zero(2);
+        if (TP > 1) _tile_zero(3);
+        if (OB > 1) _tile_zero(4);
+        if (TP > 1 && OB > 1) _tile_zero(5);
+    }
     if (TP > 1 && OB > 1) {
         // Tile registers are not renamed: a load into a tile waits for the products that read
         // it. So each operand of the next step is loaded right after its last product of this
         // step, and the products after it hide the load's latency (ops 5-10 2-7% faster than
         // four loads, then four products; docs/engine.md).
-        _tile_loadd(0, pl.step_a[0] + a0, pl.a_stride);
-        _tile_loadd(6, w, 64);
-        _tile_loadd(1, pl.step_a[0] + a1, pl.a_stride);
-        _tile_loadd(7, w + pl.b_block, 64);
-        for (int t = 0; t < steps; ++t) {
-            const bool more = t + 1 < steps;
+        _tile_loadd(0, pl.step_a[t0] + a0, pl.a_stride);
+        _tile_loadd(6, w + size_t(t0) * 1024, 64);
+        _tile_loadd(1, pl.step_a[t0] + a1, pl.a_stride);
+        _tile_loadd(7, w + size_t(t0) * 1024 + pl.b_block, 64);
+        for (int t = t0; t < t1; ++t) {
+            const bool more = t + 1 < t1;
             const int8_t* b = more ? w + size_t(t + 1) * 1024 : w;
             _tile_dpbssd(2, 0, 6);
             _tile_dpbssd(3, 1, 6);
@@ -385,7 +395,7 @@ static void block(const Plan& pl, size_t a0, size_t a1, int slot, int ob) {
             }
         }
     } else {
-        for (int t = 0; t < steps; ++t) {
+        for (int t = t0; t < t1; ++t) {
             const int8_t* b = w + size_t(t) * 1024;
             _tile_loadd(0, pl.step_a[t] + a0, pl.a_stride);
             if (TP > 1) _tile_loadd(1, pl.step_a[t] + a1, pl.a_stride);
@@ -397,12 +407,21 @@ static void block(const Plan& pl, size_t a0, size_t a1, int slot, int ob) {
             if (TP > 1 && OB > 1) _tile_dpbssd(5, 1, 7);
         }
     }
-    const long stride = 4l * pl.d_stride, tile = 16l * pl.d_stride;
-    int32_t* d = pl.d + 16 * ob + slot * tile;
     _tile_stored(2, d, stride);
     if (TP > 1) _tile_stored(3, d + tile, stride);
     if (OB > 1) _tile_stored(4, d + 16, stride);
     if (TP > 1 && OB > 1) _tile_stored(5, d + tile + 16, stride);
+}
+
+// Passes over a layer's steps for block<>: as few as keep a pass's weights for one output-block
+// pair (2 KB a step) within kPassWeights, so that they stay in L1 while the group's pixel tiles
+// go by two by two; each pass after the first resumes from the D the one before stored. Ops 9-10
+// (36 steps, 72 KB a pair) 5-6% faster in two passes; ops 6-8 (18 steps) 7-13% slower split in
+// two, and three passes on ops 9-10 no faster than one (docs/engine.md, Session 16).
+constexpr int kPassWeights = 36 * 1024;
+static int step_passes(int steps) {
+    const int per_pass = kPassWeights / 2048;
+    return (steps + per_pass - 1) / per_pass;
 }
 
 // Four independent TDPBSSD chains on zero tiles: the matrix unit's int8 rate (the same, within
@@ -691,6 +710,7 @@ static void bconv_images(const Layer& L, const LayerIO& io, int img0, int images
     const size_t pb = size_t(64) * P, halo = size_t((op.k - 1) / s) * (strip_w + lanes);
     Plan pl{Phases{}, std::vector<const int8_t*>(size_t(op.k) * op.k * P), pr.amx_weight.data(),
             static_cast<long>(pb), size_t(op.k) * op.k * P * 1024, dbuf.data(), 16 * blocks16};
+    const int steps = op.k * op.k * P, passes = step_passes(steps);
     thread_local aligned_vector<int8_t> phase_buf;  // the group's Phases
     // The group's part of strip st: its tiles [m0, m1), their `len` pixels (from the first tile's
     // first, the rows their taps reach below included) from `base` in each phase.
@@ -799,13 +819,15 @@ static void bconv_images(const Layer& L, const LayerIO& io, int img0, int images
             at[i] = (g.base + lay.start((t0 + i) % mtiles) - lay.start(g.m0)) * pb;
         }
         // Pairs of output blocks in 2x2 blocks (measured 5-7% faster on the whole network than
-        // group<4> alone, docs/engine.md); an odd last block by group<T>.
+        // group<4> alone, docs/engine.md), in step_passes passes; an odd last block by group<T>.
         int ob = 0;
-        for (; ob + 1 < blocks16; ob += 2) {
-            int i = 0;
-            for (; i + 1 < T; i += 2) block<2, 2>(pl, at[i], at[i + 1], i, ob);
-            if (i < T) block<1, 2>(pl, at[i], 0, i, ob);
-        }
+        for (; ob + 1 < blocks16; ob += 2)
+            for (int h = 0; h < passes; ++h) {
+                const int t0 = steps * h / passes, t1 = steps * (h + 1) / passes;
+                int i = 0;
+                for (; i + 1 < T; i += 2) block<2, 2>(pl, at[i], at[i + 1], i, ob, t0, t1, h > 0);
+                if (i < T) block<1, 2>(pl, at[i], 0, i, ob, t0, t1, h > 0);
+            }
         for (; ob < blocks16; ++ob)
             for (int i = 0; i < T; i += kGroup) switch (std::min(kGroup, T - i)) {
                     case 4: group<4>(pl, &at[i], i, ob); break;
