@@ -416,7 +416,7 @@ static void block(const Plan& pl, size_t a0, size_t a1, int slot, int ob, int t0
 // Passes over a layer's steps for block<>: as few as keep a pass's weights for one output-block
 // pair (2 KB a step) within kPassWeights, so that they stay in L1 while the group's pixel tiles
 // go by two by two; each pass after the first resumes from the D the one before stored. Ops 9-10
-// (36 steps, 72 KB a pair) 5-6% faster in two passes; ops 6-8 (18 steps) 7-13% slower split in
+// (36 steps, 72 KB a pair) 5-7% faster in two passes; ops 6-8 (18 steps) 9-14% slower split in
 // two, and three passes on ops 9-10 no faster than one (docs/engine.md, Session 16).
 constexpr int kPassWeights = 36 * 1024;
 static int step_passes(int steps) {
