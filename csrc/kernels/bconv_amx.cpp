@@ -419,6 +419,7 @@ static void block(const Plan& pl, size_t a0, size_t a1, int slot, int ob, int t0
 // (36 steps, 72 KB a pair) 5-7% faster in two passes; ops 6-8 (18 steps) 9-14% slower split in
 // two, and three passes on ops 9-10 no faster than one (docs/engine.md, Session 16).
 constexpr int kPassWeights = 36 * 1024;
+static_assert(kPassWeights >= 2048, "a pass holds at least one step");
 static int step_passes(int steps) {
     const int per_pass = kPassWeights / 2048;
     return (steps + per_pass - 1) / per_pass;
@@ -823,10 +824,10 @@ static void bconv_images(const Layer& L, const LayerIO& io, int img0, int images
         int ob = 0;
         for (; ob + 1 < blocks16; ob += 2)
             for (int h = 0; h < passes; ++h) {
-                const int t0 = steps * h / passes, t1 = steps * (h + 1) / passes;
+                const int s0 = steps * h / passes, s1 = steps * (h + 1) / passes;  // >= 1 step each
                 int i = 0;
-                for (; i + 1 < T; i += 2) block<2, 2>(pl, at[i], at[i + 1], i, ob, t0, t1, h > 0);
-                if (i < T) block<1, 2>(pl, at[i], 0, i, ob, t0, t1, h > 0);
+                for (; i + 1 < T; i += 2) block<2, 2>(pl, at[i], at[i + 1], i, ob, s0, s1, h > 0);
+                if (i < T) block<1, 2>(pl, at[i], 0, i, ob, s0, s1, h > 0);
             }
         for (; ob < blocks16; ++ob)
             for (int i = 0; i < T; i += kGroup) switch (std::min(kGroup, T - i)) {

@@ -75,25 +75,36 @@ def plot_confusion(confusion, classes, path: Path, title: str | None = None) -> 
 
 def read_history(source: Path) -> list[dict]:
     """A run's per-epoch metrics: a `xnornet train --out` folder (its metrics.jsonl, else
-    metrics.csv) or a metrics CSV file itself (as kept in docs/results/)."""
+    metrics.csv) or a metrics CSV file itself (as kept in docs/results/). Each row has at least
+    epoch and test_acc; anything else is a ValueError naming the file (and the row)."""
     import csv
     import json
 
     if source.is_dir():
         jsonl, table = source / "metrics.jsonl", source / "metrics.csv"
-        if jsonl.is_file():
-            return [json.loads(line) for line in jsonl.read_text().splitlines() if line.strip()]
-        if not table.is_file():
+        if not jsonl.is_file() and not table.is_file():
             raise ValueError(f"{source} holds neither metrics.jsonl nor metrics.csv "
                              "(RUN is a `xnornet train --out` folder or a metrics CSV file)")
-        source = table
+        source = jsonl if jsonl.is_file() else table
     elif not source.is_file():
         raise ValueError(f"{source} does not exist (RUN is a `xnornet train --out` folder or a metrics CSV file)")
-    with source.open(newline="") as f:
-        rows = list(csv.DictReader(f))
-    if not rows or not {"epoch", "test_acc"} <= rows[0].keys():
-        raise ValueError(f"{source}: expected a metrics CSV with columns epoch and test_acc")
-    return [{"epoch": int(r["epoch"]), "test_acc": float(r["test_acc"])} for r in rows]
+    try:
+        if source.suffix == ".jsonl":
+            rows = [json.loads(line) for line in source.read_text().splitlines() if line.strip()]
+        else:
+            with source.open(newline="") as f:
+                rows = list(csv.DictReader(f))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, csv.Error) as e:
+        raise ValueError(f"{source}: cannot read it ({e})") from e
+    if not rows:
+        raise ValueError(f"{source}: no epochs in it")
+    history = []
+    for n, row in enumerate(rows, 1):
+        try:
+            history.append({**row, "epoch": int(row["epoch"]), "test_acc": float(row["test_acc"])})
+        except (KeyError, TypeError, ValueError) as e:
+            raise ValueError(f"{source}: row {n} has no numeric epoch and test_acc ({e!r})") from e
+    return history
 
 
 def main(argv=None) -> int:
