@@ -197,3 +197,30 @@ def test_kernel_rounds_interleave_the_engine_and_pytorch():
     assert totals.shape == (3,) and torch_times.shape == (3, 2) and per_op.shape == (3, 1)
     assert list(per_op[:, 0]) == [3, 8, 13]  # each round's own profile, read right after its run
     assert torch_times.max() < 0.04  # the second call of each pair is the one timed
+
+
+def test_bench_kernels_pairs_each_layer_with_its_own_times(files, monkeypatch):
+    """Each layer's speed-up is its PyTorch conv's time over its own op's share of the engine
+    run, round by round (the FP32 network in column 0 of the PyTorch times): synthetic times
+    with a different value per op, round and run catch any index mix-up."""
+    import xnornet.bench
+    _, _, model, _ = files
+    shapes = mf.layer_shapes(mf.read_model(model))
+    binary = [j for j, (_, op, _, _) in enumerate(shapes) if op.kind == mf.BCONV]
+    rounds = 3
+
+    def fake_rounds(engine, images, torch_runs, repeats, progress=True):
+        assert repeats == rounds and len(torch_runs) == 1 + len(binary)
+        per_op = np.array([[(j + 1) * (r + 1) for j in range(len(shapes))] for r in range(rounds)], float)
+        torch_times = np.array([[100 * (n + 1) + r for n in range(len(torch_runs))] for r in range(rounds)], float)
+        return per_op.sum(axis=1), per_op, torch_times
+    monkeypatch.setattr(xnornet.bench, "interleaved_rounds", fake_rounds)
+    result = xnornet.bench.bench_kernels(model, batch=2, repeats=rounds, progress=False)
+    for n, (j, row) in enumerate(zip(binary, result["layers"])):
+        ratios = [(100 * (n + 2) + r) / ((j + 1) * (r + 1)) for r in range(rounds)]
+        assert row["speedup"] == pytest.approx(np.median(ratios))
+        assert row["speedup_range"] == pytest.approx([min(ratios), max(ratios)])
+        assert row["engine_ms"] == pytest.approx(1e3 * (j + 1) * 2)  # the median round's
+        assert row["torch_fp32_ms"] == pytest.approx(1e3 * (100 * (n + 2) + 1))
+    totals = [sum(j + 1 for j in range(len(shapes))) * (r + 1) for r in range(rounds)]
+    assert result["network_speedup"] == pytest.approx(np.median([(100 + r) / totals[r] for r in range(rounds)]))
