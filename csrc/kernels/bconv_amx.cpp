@@ -709,9 +709,9 @@ static void bconv_images(const Layer& L, const LayerIO& io, int img0, int images
     dbuf.resize(size_t(span) * 16 * blocks16 * 16);
     // halo: the positions past a tile's last that its taps reach (Phases::tap)
     const size_t pb = size_t(64) * P, halo = size_t((op.k - 1) / s) * (strip_w + lanes);
-    Plan pl{Phases{}, std::vector<const int8_t*>(size_t(op.k) * op.k * P), pr.amx_weight.data(),
-            static_cast<long>(pb), size_t(op.k) * op.k * P * 1024, dbuf.data(), 16 * blocks16};
-    const int steps = op.k * op.k * P, passes = step_passes(steps);
+    const int steps = op.k * op.k * P, passes = step_passes(steps);  // (tap, word) pairs
+    Plan pl{Phases{}, std::vector<const int8_t*>(steps), pr.amx_weight.data(), static_cast<long>(pb),
+            size_t(steps) * 1024, dbuf.data(), 16 * blocks16};
     thread_local aligned_vector<int8_t> phase_buf;  // the group's Phases
     // The group's part of strip st: its tiles [m0, m1), their `len` pixels (from the first tile's
     // first, the rows their taps reach below included) from `base` in each phase.

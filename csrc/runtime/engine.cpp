@@ -547,9 +547,10 @@ void Engine::run_graph(Workspace& ws, Buffers& buf, int n, int first_img, float*
     const int C = last.op->cout, HW = last.out_h * last.out_w;
     const float* a = buf.act[fa].data();
     for (int i = img0; i < img0 + n; ++i)
-        for (int p = 0; p < HW; ++p)
-            for (int c = 0; c < C; ++c)
-                out[(size_t(first_img + i) * C + c) * HW + p] = last.out_at(a, i, p / last.out_w, p % last.out_w)[c];
+        for (int p = 0; p < HW; ++p) {
+            const float* x = last.out_at(a, i, p / last.out_w, p % last.out_w);
+            for (int c = 0; c < C; ++c) out[(size_t(first_img + i) * C + c) * HW + p] = x[c];
+        }
 }
 
 void Engine::execute(Workspace& ws, const std::function<void(float*, int)>& fill, float* out) {
