@@ -199,8 +199,8 @@ def add_eval(sub):
                    "from the file, or both with their top-1 agreement and largest logit "
                    "difference (default native)")
     p.add_argument("--threads", type=_positive, default=None,
-                   help="native engine threads, with --model-file (default: OpenMP's, all cores unless "
-                   "$OMP_NUM_THREADS says otherwise)")
+                   help="native engine threads, with --model-file or the shipped model (default: "
+                   "OpenMP's, all cores unless $OMP_NUM_THREADS says otherwise)")
     p.add_argument("--data-dir", help=DATA_DIR_HELP)
     p.add_argument("--subset", type=_positive, default=None, help="first N test images only")
     p.add_argument("--batch-size", type=_positive, default=500, help="default 500")
