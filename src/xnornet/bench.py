@@ -56,17 +56,9 @@ def random_model_file(path, kind: str = "bireal") -> str:
 
 def profiled_runs(engine, images, repeats: int):
     """Seconds of `repeats` whole-network runs (after a warm-up run) and the median per-op
-    profile (seconds per graph op) over them."""
-    engine._native.set_profiling(True)
-    engine.run(images)
-    per_op, total = [], []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        engine.run(images)
-        total.append(time.perf_counter() - t)
-        per_op.append(engine._native.last_profile())
-    engine._native.set_profiling(False)
-    return total, np.median(np.array(per_op), axis=0)
+    profile (seconds per graph op) over them: interleaved_rounds with no PyTorch runs."""
+    totals, per_op, _ = interleaved_rounds(engine, images, [], repeats, progress=False)
+    return list(totals), np.median(per_op, axis=0)
 
 
 def interleaved_rounds(engine, images, torch_runs, repeats: int, progress: bool = True):
